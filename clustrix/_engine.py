@@ -1,0 +1,654 @@
+"""The engine: what an executor does on its event-loop thread.
+
+It holds back calls beyond ``max_workers``, groups what is queued into one submission (a job
+array where the scheduler has them), uploads the job directory, submits, and runs the ONE
+monitor that polls all outstanding jobs per cycle and resolves their futures.
+
+Every method whose name starts with ``_`` runs on the loop thread and touches the engine's
+state without locks; the public methods are the thread-safe doors into it. The engine knows
+the :class:`~clustrix.schedulers.base.Scheduler` and
+:class:`~clustrix.transports.base.Transport` interfaces, never a particular one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import pickle
+import posixpath
+import secrets
+import uuid
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import _wire
+from ._bundle import worker_bundle
+from ._loop import LoopThread
+from ._serialize import decode_result
+from .config import ClusterConfig, Resources
+from .errors import (
+    BrokenClusterExecutor,
+    ClusterError,
+    JobFailedError,
+    JobLostError,
+    ResultAuthenticationError,
+    SchedulerError,
+    SubmissionError,
+    TransportError,
+)
+from .future import ClusterFuture
+from .monitor import Backoff, parse_poll_output, poll_script
+from .schedulers.base import ENDED_STATES, RUNNING_STATES, JobSpec, Scheduler, TaskStatus
+from .transports.base import Transport
+
+__all__ = ["Engine", "Task"]
+
+log = logging.getLogger("clustrix")
+
+#: Submissions arriving within this window go out together (one job array).
+BATCH_WINDOW_S = 0.005
+#: At most this many file transfers in flight at once over one connection.
+IO_CONCURRENCY = 64
+#: How much of a failed job's stderr its error carries.
+STDERR_TAIL_BYTES = 4000
+
+
+@dataclass(eq=False)
+class _Call:
+    future: ClusterFuture[Any]
+    payload: bytes | None
+    task: Task | None = None
+    index: int = -1  # index within its submission: names its result file
+    resolved: bool = False
+
+
+@dataclass(eq=False)
+class Task:
+    """One job (or one array task): one or more calls (``chunksize``) sharing resources."""
+
+    calls: list[_Call]
+    resources: Resources
+    job_name: str
+    index: int = -1
+    job_id: str | None = None
+    batch: _Batch | None = None
+    state: str = "HELD"
+    grace_used: bool = False
+    finalized: bool = False
+
+    @classmethod
+    def of(
+        cls, futures: Sequence[ClusterFuture[Any]], payloads: Sequence[bytes],
+        resources: Resources, job_name: str,
+    ) -> Task:
+        """A task running ``payloads`` and resolving ``futures`` (same order)."""
+        task = cls([_Call(f, p) for f, p in zip(futures, payloads)], resources, job_name)
+        for call in task.calls:
+            call.task = task
+        return task
+
+    @property
+    def group_key(self) -> tuple[str, str]:
+        """Tasks with equal keys can share one submission."""
+        return (self.resources.model_dump_json(), self.job_name)
+
+    def open_calls(self) -> list[_Call]:
+        """Calls still waiting for their outcome."""
+        return [c for c in self.calls if not c.resolved]
+
+    def set_state(self, state: str) -> None:
+        """Record the scheduler's state on the task and its futures."""
+        self.state = state
+        for call in self.calls:
+            call.future._job_state = state
+
+
+@dataclass(eq=False)
+class _Batch:
+    """One submission: a job directory and the tasks it runs."""
+
+    job_dir: str
+    secret: bytes
+    tasks: list[Task]
+    throttle: int | None
+    had_failure: bool = False
+    paths: dict[str, _Call] = field(default_factory=dict)  # result path -> call
+
+    def unfinished(self) -> int:
+        return sum(not t.finalized for t in self.tasks)
+
+    def slots_in_use(self) -> int:
+        n = self.unfinished()
+        return min(n, self.throttle) if self.throttle else n
+
+
+class Engine:
+    """Submission, polling and resolution of futures for one executor."""
+
+    def __init__(
+        self,
+        config: ClusterConfig,
+        scheduler: Scheduler,
+        transport: Transport,
+        loop: LoopThread,
+        *,
+        max_workers: int | None,
+        python: str,
+    ) -> None:
+        self.config = config
+        self.scheduler = scheduler
+        self.transport = transport
+        self.max_workers = max_workers
+        self.python = python
+        self._loop = loop
+        self._held: deque[Task] = deque()
+        self._batches: list[_Batch] = []
+        self._call_of: dict[ClusterFuture[Any], _Call] = {}
+        self._to_cancel: set[str] = set()
+        self._background: set[asyncio.Task[Any]] = set()
+        self._broken: BaseException | None = None
+        self._closed = False
+        self.work_dir = self.jobs_root = self.worker_path = ""
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Connect, prepare the work directory and worker runtime, read cluster facts."""
+        self._wake_submitter = asyncio.Event()
+        self._wake_monitor = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        await self.transport.connect()
+        self.work_dir = await self.transport.expand(self.config.remote_work_dir)
+        self.jobs_root = f"{self.work_dir}/jobs"
+        runtime_dir = f"{self.work_dir}/runtime"
+        await self.transport.makedirs(self.jobs_root)
+        await self.transport.makedirs(runtime_dir)
+        bundle = worker_bundle()
+        self.worker_path = f"{runtime_dir}/{bundle.filename}"
+        if not await self.transport.exists(self.worker_path):
+            await self.transport.write_bytes(self.worker_path, bundle.data, mode=0o644)
+        await self.scheduler.discover(self._run_scheduler_command)
+        self._loops = [self._spawn(self._submitter()), self._spawn(self._monitor())]
+
+    async def close(self) -> None:
+        """Finish pending cancellations and clean-ups, then close the transport."""
+        self._closed = True
+        await self._flush_cancels()
+        for task in getattr(self, "_loops", []):
+            task.cancel()
+        pending = [t for t in self._background if t is not asyncio.current_task()]
+        await asyncio.gather(*pending, return_exceptions=True)
+        await self.transport.close()
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    async def _run_scheduler_command(self, argv: Sequence[str]) -> tuple[int, str, str]:
+        result = await self.transport.run(argv, timeout_s=self.config.command_timeout_s)
+        return result.returncode, result.stdout, result.stderr
+
+    # ------------------------------------------------------------------ thread-safe doors
+    @property
+    def broken(self) -> BaseException | None:
+        """Why the engine stopped working, or None."""
+        return self._broken
+
+    def enqueue(self, tasks: list[Task]) -> None:
+        """Queue tasks for submission (from any thread)."""
+        self._loop.call_soon(self._on_enqueue, tasks)
+
+    def cancel_calls(self, futures: list[ClusterFuture[Any]]) -> None:
+        """Forget cancelled calls; cancel their jobs in the scheduler (from any thread)."""
+        self._loop.call_soon(self._on_cancel, futures)
+
+    def kill_call(self, future: ClusterFuture[Any]) -> bool:
+        """Stop the job running ``future``'s call (blocking)."""
+        return self._loop.run(self._kill(future))
+
+    def read_log(self, future: ClusterFuture[Any], stream: str) -> str:
+        """The text of a future's stdout or stderr log (blocking)."""
+        path = future.stdout_path if stream == "out" else future.stderr_path
+        if path is None:
+            return ""
+        try:
+            data = self._loop.run(self.transport.read_bytes(path))
+        except FileNotFoundError:
+            return ""
+        return data.decode(errors="replace")
+
+    def slots(self, resources: Resources) -> int | None:
+        """How many jobs can run at once (for default chunking)."""
+        known = self.scheduler.slots(resources)
+        if self.max_workers is not None:
+            return min(self.max_workers, known) if known else self.max_workers
+        return known
+
+    async def cancel_pending(self) -> None:
+        """Cancel every call that has not started; one scheduler command for all."""
+        pending = [f for f in self._call_of if not f.running() and not f.done()]
+        cancelled = [f for f in pending if f.cancel()]
+        self._on_cancel(cancelled)
+        await self._flush_cancels()
+
+    async def wait_idle(self) -> None:
+        """Return once no call is outstanding."""
+        await self._idle.wait()
+
+    # ------------------------------------------------------------------ submission
+    def _on_enqueue(self, tasks: list[Task]) -> None:
+        if self._broken is not None:
+            for task in tasks:
+                for call in task.calls:
+                    self._resolve(call, None, self._broken_error())
+            return
+        for task in tasks:
+            for call in task.calls:
+                self._call_of[call.future] = call
+            self._held.append(task)
+        self._idle.clear()
+        self._wake_submitter.set()
+
+    def _free_slots(self) -> int:
+        if self.max_workers is None:
+            return self.scheduler.max_array_size
+        return self.max_workers - sum(b.slots_in_use() for b in self._batches)
+
+    def _take_batch(self, free: int) -> tuple[list[Task], int | None]:
+        """The next tasks that can go out together, and the array throttle to use."""
+        limit = self.scheduler.max_array_size
+        if not self.scheduler.supports_array_throttle:
+            limit = min(limit, free)
+        key = self._held[0].group_key
+        taken: list[Task] = []
+        others: deque[Task] = deque()
+        while self._held and len(taken) < limit:
+            task = self._held.popleft()
+            if not task.open_calls():
+                continue  # every call was cancelled while held
+            (taken if task.group_key == key else others).append(task)
+        others.extend(self._held)
+        self._held = others
+        throttle = free if self.max_workers is not None and len(taken) > free else None
+        return taken, throttle
+
+    async def _submitter(self) -> None:
+        while True:
+            await self._wake_submitter.wait()
+            await asyncio.sleep(BATCH_WINDOW_S)  # let a burst of submit() calls gather
+            self._wake_submitter.clear()
+            try:
+                while self._held and self._free_slots() > 0:
+                    while self._held and not self._held[0].open_calls():
+                        self._held.popleft()
+                    if not self._held:
+                        break
+                    tasks, throttle = self._take_batch(self._free_slots())
+                    if tasks:
+                        await self._submit_batch(tasks, throttle)
+            except Exception as exc:  # a bug: fail loudly rather than leave futures hanging
+                self._break(exc)
+                return
+            self._update_idle()
+
+    def _spec(self, job_dir: str, tasks: list[Task], throttle: int | None) -> JobSpec:
+        return JobSpec(
+            job_dir=job_dir,
+            n_tasks=len(tasks),
+            resources=tasks[0].resources,
+            job_name=tasks[0].job_name,
+            python=self.python,
+            worker_path=self.worker_path,
+            module_loads=tuple(self.config.module_loads),
+            environment=dict(self.config.environment_variables),
+            array_throttle=throttle,
+        )
+
+    async def _submit_batch(self, tasks: list[Task], throttle: int | None) -> None:
+        job_dir = f"{self.jobs_root}/{uuid.uuid4().hex}"
+        batch = _Batch(job_dir, secrets.token_bytes(32), tasks, throttle)
+        call_index = 0
+        for task_index, task in enumerate(tasks):
+            task.index, task.batch = task_index, batch
+            task.set_state("SUBMITTING")
+            for call in task.calls:
+                call.index = call_index
+                call_index += 1
+                batch.paths[self._result_path(batch, call)] = call
+                call.future._job_dir, call.future._task_index = job_dir, task_index
+        spec = self._spec(job_dir, tasks, throttle)
+        self._batches.append(batch)
+        try:
+            await self._upload(batch, spec)
+            script_path = spec.path(_wire.SCRIPT_FILE)
+            argv = self.scheduler.submit_argv(spec, script_path)
+            result = await self.transport.run(argv, timeout_s=self.config.command_timeout_s)
+            if not result.ok:
+                raise SubmissionError(
+                    f"{argv[0]} refused the job (exit status {result.returncode}): "
+                    f"{result.stderr.strip() or result.stdout.strip()}",
+                    argv=argv,
+                    stderr=result.stderr,
+                )
+            try:
+                job_ids = self.scheduler.parse_submit(spec, result.stdout)
+            except ValueError as exc:
+                raise SchedulerError(f"cannot read job IDs from {argv[0]}: {exc}") from exc
+        except (ClusterError, OSError) as exc:
+            error = exc if isinstance(exc, ClusterError) else TransportError(str(exc))
+            for task in tasks:
+                task.finalized = True
+                for call in task.open_calls():
+                    self._resolve(call, None, error)
+            self._batches.remove(batch)
+            self._spawn(self._remove_tree_quietly(job_dir))
+            self._wake_submitter.set()
+            return
+        for task, job_id in zip(tasks, job_ids):
+            task.job_id = job_id
+            for call in task.calls:
+                call.future._job_id = job_id
+            task.set_state("PENDING")
+            if not task.open_calls():  # cancelled while we were uploading
+                self._to_cancel.add(job_id)
+        if self._to_cancel:
+            await self._flush_cancels()
+        self._wake_monitor.set()
+
+    async def _upload(self, batch: _Batch, spec: JobSpec) -> None:
+        t = self.transport
+        await t.makedirs(batch.job_dir)
+        subdirs = (_wire.TASKS_DIR, _wire.RESULTS_DIR, _wire.LOGS_DIR, _wire.EXIT_DIR)
+        await asyncio.gather(*(t.makedirs(spec.path(d)) for d in subdirs))
+        files: dict[str, bytes] = {
+            spec.path(_wire.SECRET_FILE): batch.secret,
+            spec.path(_wire.SCRIPT_FILE): self.scheduler.render_script(spec).encode(),
+        }
+        for task in batch.tasks:
+            calls = [(c.index, c.payload) for c in task.open_calls()]
+            body = pickle.dumps(calls, protocol=pickle.HIGHEST_PROTOCOL)
+            files[spec.path(_wire.TASKS_DIR, f"{task.index}{_wire.SUFFIX}")] = _wire.seal(
+                batch.secret, body
+            )
+            for call in task.calls:
+                call.payload = None  # uploaded: do not keep the arguments alive
+        limit = asyncio.Semaphore(IO_CONCURRENCY)
+
+        async def put(path: str, data: bytes) -> None:
+            async with limit:
+                await t.write_bytes(path, data, mode=0o600)
+
+        await asyncio.gather(*(put(p, d) for p, d in files.items()))
+
+    # ------------------------------------------------------------------ monitor
+    async def _monitor(self) -> None:
+        backoff = Backoff(self.config.poll_interval_min_s, self.config.poll_interval_max_s)
+        while True:
+            if not self._batches:
+                await self._wake_monitor.wait()
+                self._wake_monitor.clear()
+                backoff.reset()
+                continue
+            try:
+                if await self._poll_once():
+                    backoff.reset()
+            except (TransportError, OSError) as exc:
+                # The connection may come back; futures keep waiting meanwhile.
+                log.warning("clustrix: status poll failed, will retry: %s", exc)
+            except Exception as exc:  # a bug: fail loudly rather than leave futures hanging
+                self._break(exc)
+                return
+            try:
+                await asyncio.wait_for(self._wake_monitor.wait(), backoff.next_delay())
+                backoff.reset()
+            except asyncio.TimeoutError:
+                pass
+            self._wake_monitor.clear()
+
+    def _result_path(self, batch: _Batch, call: _Call) -> str:
+        return f"{batch.job_dir}/{_wire.RESULTS_DIR}/{call.index}{_wire.SUFFIX}"
+
+    async def _poll_once(self) -> bool:
+        """One status round trip for every outstanding job; True if anything changed."""
+        batches = list(self._batches)
+        tasks = [t for b in batches for t in b.tasks if not t.finalized and t.job_id]
+        if not tasks:
+            return False
+        job_ids = [t.job_id for t in tasks if t.job_id]
+        script = poll_script(
+            self.scheduler.status_argv(job_ids), [b.job_dir for b in batches], self.jobs_root
+        )
+        result = await self.transport.run(
+            ["sh", "-c", script], timeout_s=self.config.command_timeout_s
+        )
+        seen = parse_poll_output(result.stdout)
+        status_ok = seen.status_ok or self.scheduler.status_ok_anyway(seen.status_text)
+        statuses = self.scheduler.parse_status(seen.status_text) if status_ok else {}
+        if not status_ok:
+            log.warning("clustrix: scheduler status failed: %s", seen.status_text.strip()[-500:])
+
+        changed = False
+        new = [
+            call
+            for batch in batches
+            for path, call in batch.paths.items()
+            if not call.resolved and path in seen.result_paths
+        ]
+        if new:
+            changed = True
+            await self._fetch_results(new)
+
+        ended: list[tuple[Task, TaskStatus | None, int | None]] = []
+        for task in tasks:
+            assert task.batch is not None and task.job_id is not None
+            status = statuses.get(task.job_id)
+            exit_code = seen.exit_codes.get(f"{task.batch.job_dir}/{_wire.EXIT_DIR}/{task.index}")
+            if status is not None and status.state != task.state:
+                task.set_state(status.state)
+                changed = True
+            if status is not None and status.state in RUNNING_STATES:
+                for call in task.open_calls():
+                    call.future._mark_running()
+            gone = status_ok and (status is None or status.state in ENDED_STATES)
+            if exit_code is None and not gone:
+                continue
+            if not task.open_calls():
+                self._finalize(task, status, exit_code)
+                changed = True
+            elif not task.grace_used:
+                # Results on a shared filesystem may show up a moment after the job ends.
+                task.grace_used = True
+            else:
+                ended.append((task, status, exit_code))
+        if ended:
+            changed = True
+            await self._fail_ended(ended)
+        self._retire_batches()
+        return changed
+
+    async def _fetch_results(self, calls: list[_Call]) -> None:
+        limit = asyncio.Semaphore(IO_CONCURRENCY)
+
+        async def fetch(call: _Call) -> bytes:
+            assert call.task is not None and call.task.batch is not None
+            async with limit:
+                return await self.transport.read_bytes(self._result_path(call.task.batch, call))
+
+        datas = await asyncio.gather(*(fetch(c) for c in calls), return_exceptions=True)
+        for call, data in zip(calls, datas):
+            if call.resolved:
+                continue  # cancelled or killed meanwhile
+            if isinstance(data, BaseException):
+                log.warning("clustrix: cannot read a result yet, will retry: %s", data)
+                continue
+            assert call.task is not None and call.task.batch is not None
+            try:
+                record = _wire.load_record(call.task.batch.secret, data)
+            except (ValueError, pickle.UnpicklingError) as exc:
+                error = ResultAuthenticationError(
+                    f"result of job {call.task.job_id} rejected ({exc}); it was not written "
+                    "by this executor's worker, so it was not unpickled"
+                )
+                self._resolve(call, None, error)
+                continue
+            value, exception = decode_result(record)
+            self._resolve(call, value, exception)
+
+    async def _fail_ended(self, ended: list[tuple[Task, TaskStatus | None, int | None]]) -> None:
+        """Fail the calls of jobs that ended without writing their results."""
+        unknown = [t.job_id for t, s, _ in ended if t.job_id and (s is None or s.state not in ENDED_STATES)]
+        details: dict[str, TaskStatus] = {}
+        argv = self.scheduler.detail_argv(unknown) if unknown else None
+        if argv:
+            try:
+                result = await self.transport.run(argv, timeout_s=self.config.command_timeout_s)
+                details = self.scheduler.parse_detail(result.stdout)
+            except TransportError as exc:
+                log.warning("clustrix: cannot read final job states: %s", exc)
+
+        async def tail(task: Task) -> str:
+            assert task.batch is not None
+            path = f"{task.batch.job_dir}/{_wire.LOGS_DIR}/{task.index}.err"
+            try:
+                data = await self.transport.read_tail(path, STDERR_TAIL_BYTES)
+            except (OSError, TransportError):
+                return ""
+            return data.decode(errors="replace")
+
+        tails = await asyncio.gather(*(tail(t) for t, _, _ in ended))
+        for (task, status, exit_code), stderr_tail in zip(ended, tails):
+            detail = details.get(task.job_id or "")
+            final = status if status is not None and status.state in ENDED_STATES else detail
+            if exit_code is None and final is not None:
+                exit_code = final.exit_code
+            if final is not None:
+                state = final.state
+            elif exit_code is not None:
+                state = "FAILED" if exit_code else "COMPLETED"
+            else:
+                state = ""
+            error: JobFailedError
+            if not state:
+                error = JobLostError(
+                    task.job_id, "UNKNOWN", stderr_tail=stderr_tail,
+                    reason="the job left the scheduler without a result or an exit status",
+                )
+            else:
+                reason = "the worker exited before writing this call's result" if (
+                    exit_code == 0
+                ) else (final.reason if final is not None else "")
+                error = JobFailedError(
+                    task.job_id, state, exit_code=exit_code, stderr_tail=stderr_tail,
+                    reason=reason,
+                )
+            for call in task.open_calls():
+                self._resolve(call, None, error)
+            self._finalize(task, final, exit_code)
+
+    def _finalize(self, task: Task, status: TaskStatus | None, exit_code: int | None) -> None:
+        task.finalized = True
+        if status is not None and status.state in ENDED_STATES:
+            task.set_state(status.state)
+        elif exit_code is not None:
+            task.set_state("COMPLETED" if exit_code == 0 else "FAILED")
+        self._wake_submitter.set()  # a slot is free
+
+    def _retire_batches(self) -> None:
+        for batch in [b for b in self._batches if not b.unfinished()]:
+            self._batches.remove(batch)
+            policy = self.config.cleanup
+            if policy == "always" or (policy == "on_success" and not batch.had_failure):
+                self._spawn(self._remove_tree_quietly(batch.job_dir))
+        self._update_idle()
+
+    async def _remove_tree_quietly(self, path: str) -> None:
+        try:
+            await self.transport.remove_tree(path)
+        except (OSError, TransportError) as exc:
+            log.info("clustrix: could not remove %s: %s", path, exc)
+
+    def _update_idle(self) -> None:
+        if not self._call_of and not self._batches and not self._held:
+            self._idle.set()
+
+    # ------------------------------------------------------------------ resolution
+    def _resolve(self, call: _Call, value: Any, exception: BaseException | None) -> None:
+        self._call_of.pop(call.future, None)
+        call.resolved = True
+        call.payload = None
+        if exception is not None and call.task is not None and call.task.batch is not None:
+            call.task.batch.had_failure = True
+        future = call.future
+        if not future._mark_running():
+            return  # cancelled by the user: the outcome has no taker
+        if exception is not None:
+            future.set_exception(exception)
+        else:
+            future.set_result(value)
+
+    def _broken_error(self) -> BrokenClusterExecutor:
+        error = BrokenClusterExecutor(f"the executor stopped working: {self._broken!r}")
+        error.__cause__ = self._broken
+        return error
+
+    def _break(self, exc: BaseException) -> None:
+        log.error("clustrix: executor engine failed", exc_info=exc)
+        self._broken = exc
+        error = self._broken_error()
+        for call in list(self._call_of.values()):
+            self._resolve(call, None, error)
+        self._held.clear()
+        self._batches.clear()
+        self._update_idle()
+
+    # ------------------------------------------------------------------ cancellation
+    def _on_cancel(self, futures: list[ClusterFuture[Any]]) -> None:
+        for future in futures:
+            call = self._call_of.pop(future, None)
+            if call is None or call.resolved:
+                continue
+            call.resolved = True
+            call.payload = None
+            task = call.task
+            if task is None or task.job_id is None or task.finalized:
+                continue  # held or still being submitted: the submitter skips it
+            if not task.open_calls():
+                self._to_cancel.add(task.job_id)
+        if self._to_cancel:
+            self._spawn(self._flush_cancels())
+        self._update_idle()
+
+    async def _flush_cancels(self) -> None:
+        """One scheduler command cancels every job collected so far."""
+        await asyncio.sleep(0)  # let cancellations of the same burst join in
+        if not self._to_cancel:
+            return
+        job_ids = sorted(self._to_cancel)
+        self._to_cancel.clear()
+        argv = self.scheduler.cancel_argv(job_ids)
+        try:
+            result = await self.transport.run(argv, timeout_s=self.config.command_timeout_s)
+        except TransportError as exc:
+            log.warning("clustrix: could not cancel jobs %s: %s", job_ids, exc)
+            return
+        if not result.ok:  # usually: some jobs had finished already
+            log.info("clustrix: %s: %s", argv[0], result.stderr.strip())
+
+    async def _kill(self, future: ClusterFuture[Any]) -> bool:
+        call = self._call_of.get(future)
+        if call is None or call.task is None:
+            return False
+        task = call.task
+        if task.job_id is None:
+            return future.cancel()
+        argv = self.scheduler.cancel_argv([task.job_id])
+        await self.transport.run(argv, timeout_s=self.config.command_timeout_s)
+        error = JobFailedError(task.job_id, "CANCELLED", reason="stopped by kill()")
+        for other in task.open_calls():
+            self._resolve(other, None, error)
+        self._update_idle()
+        return True

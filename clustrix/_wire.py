@@ -1,0 +1,87 @@
+"""The on-disk job protocol shared by the client and the worker.
+
+A job directory holds::
+
+    secret            32 random bytes, mode 0600: the HMAC key of this submission
+    job.sh            the rendered job script
+    tasks/<t>.pkl     sealed list of (call_index, cloudpickled (fn, args, kwargs))
+    results/<c>.pkl   sealed result record of call <c> (written to a temp name, then renamed)
+    logs/<t>.out|err  stdout / stderr of task <t>
+    exit/<t>          exit status of task <t>'s worker, written by the job script
+
+"Sealed" means ``MAGIC + HMAC-SHA256(secret, body) + body``, so a file planted or altered by
+someone without the secret is rejected before anything is unpickled.
+
+This module is imported by the worker on the compute node: standard library only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import pickle
+from typing import Any
+
+MAGIC = b"CLX1"
+_MAC_LEN = hashlib.sha256().digest_size
+
+SECRET_FILE = "secret"
+SCRIPT_FILE = "job.sh"
+TASKS_DIR = "tasks"
+RESULTS_DIR = "results"
+LOGS_DIR = "logs"
+EXIT_DIR = "exit"
+SUFFIX = ".pkl"
+
+# A result record is a dict of plain values (safe to unpickle once its MAC is checked):
+#   {"ok": True,  "value": <cloudpickle bytes>}
+#   {"ok": False, "type": "pkg.mod.Error", "message": str, "traceback": str,
+#    "exception": <cloudpickle bytes> | None}
+Record = dict[str, Any]
+
+
+def seal(secret: bytes, body: bytes) -> bytes:
+    """Prefix ``body`` with the magic and its HMAC under ``secret``."""
+    return MAGIC + hmac.new(secret, body, hashlib.sha256).digest() + body
+
+
+def unseal(secret: bytes, data: bytes) -> bytes:
+    """The body of a sealed blob; ``ValueError`` if it was not sealed with ``secret``."""
+    head = len(MAGIC) + _MAC_LEN
+    if len(data) < head or not data.startswith(MAGIC):
+        raise ValueError("not a clustrix file (bad magic)")
+    mac, body = data[len(MAGIC) : head], data[head:]
+    if not hmac.compare_digest(mac, hmac.new(secret, body, hashlib.sha256).digest()):
+        raise ValueError("HMAC check failed: the file was not written by this executor")
+    return body
+
+
+def dump_record(secret: bytes, record: Record) -> bytes:
+    """Seal a result record."""
+    return seal(secret, pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def load_record(secret: bytes, data: bytes) -> Record:
+    """Check and load a sealed result record."""
+    record = pickle.loads(unseal(secret, data))
+    if not isinstance(record, dict) or "ok" not in record:
+        raise ValueError("malformed result record")
+    return record
+
+
+def write_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
+    """Write ``data`` to a temp name beside ``path``, then rename: readers never see a part."""
+    directory, name = os.path.split(path)
+    tmp = os.path.join(directory, f".{name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise

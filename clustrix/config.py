@@ -1,0 +1,330 @@
+"""Configuration: :class:`ClusterConfig` and the per-call :class:`Resources`.
+
+Sources, lowest to highest priority: defaults < a YAML/TOML file (``ClusterConfig.from_file``)
+< ``CLUSTRIX_*`` environment variables < explicit arguments. A ``ClusterConfig(...)`` built
+directly in code reads no environment: it is exactly what it says. ``ClusterConfig.load()``
+(which ``ClusterExecutor()`` uses when given no config) merges all sources.
+
+This module knows nothing of transports, schedulers or the executor.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+
+from .errors import ConfigError
+
+__all__ = ["CLUSTER_TYPES", "ClusterConfig", "Resources"]
+
+#: Backends available in this release. Others named in the design are refused with a clear error.
+CLUSTER_TYPES = ("local", "slurm")
+_PLANNED_CLUSTER_TYPES = ("pbs", "sge", "lsf", "kubernetes", "ssh")
+
+ENV_PREFIX = "CLUSTRIX_"
+#: CLUSTRIX_* variables that are not config fields.
+_RESERVED_ENV = {"CLUSTRIX_CONFIG"}
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Characters sbatch's #SBATCH parser or its %-patterns would mangle in a path.
+_UNSAFE_PATH_CHARS = set("\"'\n\r%")
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class Resources(_Model):
+    """What one job asks the scheduler for. Every field has a unit in its name."""
+
+    cores: int = Field(1, ge=1, description="CPU cores per job (--cpus-per-task).")
+    mem_gb: float | None = Field(None, gt=0, description="Memory per job in GB (--mem).")
+    time_limit_min: int | None = Field(None, ge=1, description="Wall-time limit in minutes.")
+    gpus: int | None = Field(None, ge=0, description="GPUs per job (--gpus).")
+    partition: str | None = Field(None, description="Partition / queue name.")
+    account: str | None = Field(None, description="Account to charge.")
+    qos: str | None = Field(None, description="Quality of service.")
+    extra_directives: list[str] = Field(
+        default_factory=list,
+        description="Raw scheduler directives, e.g. ['--constraint=skylake'].",
+    )
+    job_name: str | None = Field(
+        None, description="Job name shown by the scheduler (default: 'clustrix-<function>')."
+    )
+
+    @field_validator("partition", "account", "qos")
+    @classmethod
+    def _single_token(cls, value: str | None) -> str | None:
+        if value is not None and (not value or any(c.isspace() or c in "\"'" for c in value)):
+            raise ValueError("must be a single word without spaces or quotes")
+        return value
+
+    @field_validator("extra_directives")
+    @classmethod
+    def _one_line_each(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if "\n" in item or "\r" in item:
+                raise ValueError(f"directive {item!r} spans several lines; give one per item")
+        return value
+
+
+RESOURCE_FIELDS = tuple(Resources.model_fields)
+
+
+class ClusterConfig(Resources):
+    """Everything an executor needs to know: where the cluster is and what jobs ask for.
+
+    The resource fields (``cores``, ``mem_gb``, ``time_limit_min``, ``gpus``, ``partition``,
+    ``account``, ``qos``, ``extra_directives``, ``job_name``) are the defaults of every job;
+    ``ClusterExecutor.options(...)`` overrides them per call.
+    """
+
+    cluster_type: str = Field("local", description=f"One of {', '.join(CLUSTER_TYPES)}.")
+    cluster_host: str | None = Field(
+        None, description="Host to reach over SSH; None runs the scheduler's commands locally."
+    )
+    cluster_port: int = Field(22, ge=1, le=65535, description="SSH port.")
+    username: str | None = Field(None, description="SSH user (default: ~/.ssh/config or $USER).")
+    key_file: Path | None = Field(None, description="SSH private key (default: agent, ~/.ssh).")
+    password: SecretStr | None = Field(None, description="SSH password (prefer keys).")
+    known_hosts: Path | None = Field(
+        None, description="known_hosts file for host key checks (default: ~/.ssh/known_hosts)."
+    )
+    strict_host_key_checking: bool = Field(
+        True, description="Verify the host key. Turning this off logs a warning."
+    )
+    connect_timeout_s: float = Field(15.0, gt=0, description="Timeout of one SSH connect.")
+    command_timeout_s: float = Field(120.0, gt=0, description="Timeout of one remote command.")
+
+    remote_work_dir: str = Field(
+        "~/.clustrix", description="Directory on the cluster for job files ('~' = home)."
+    )
+    python_executable: str | None = Field(
+        None,
+        description="Python on the cluster (default: this interpreter for local, 'python3').",
+    )
+    module_loads: list[str] = Field(
+        default_factory=list, description="Environment modules loaded before each job."
+    )
+    environment_variables: dict[str, str] = Field(
+        default_factory=dict, description="Variables exported in each job."
+    )
+
+    max_workers: int | None = Field(
+        None,
+        description="At most this many jobs in flight (queued or running). Default: CPU "
+        "count for local, no limit beyond the cluster's own otherwise.",
+    )
+    poll_interval_min_s: float = Field(0.05, gt=0, description="First status poll delay.")
+    poll_interval_max_s: float = Field(5.0, gt=0, description="Longest status poll delay.")
+    cleanup: Literal["on_success", "always", "never"] = Field(
+        "on_success",
+        description="Delete a submission's job directory once all its results are in: "
+        "only when every call succeeded (default), always, or never.",
+    )
+    slurm_use_sacct: bool | None = Field(
+        None, description="Use sacct for final job states (default: when accounting is on)."
+    )
+
+    @field_validator("cluster_type")
+    @classmethod
+    def _known_cluster_type(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value in CLUSTER_TYPES:
+            return value
+        if value in _PLANNED_CLUSTER_TYPES:
+            raise ValueError(
+                f"cluster_type {value!r} is planned but not available in this release; "
+                f"use one of {', '.join(CLUSTER_TYPES)}"
+            )
+        close = difflib.get_close_matches(value, CLUSTER_TYPES + _PLANNED_CLUSTER_TYPES, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"unknown cluster_type {value!r}{hint}; use one of {CLUSTER_TYPES}")
+
+    @field_validator("max_workers")
+    @classmethod
+    def _positive_workers(cls, value: int | None) -> int | None:
+        if value is not None and value < 1:
+            raise ValueError("max_workers must be at least 1 (or None for the default)")
+        return value
+
+    @field_validator("remote_work_dir")
+    @classmethod
+    def _safe_work_dir(cls, value: str) -> str:
+        bad = sorted(_UNSAFE_PATH_CHARS.intersection(value))
+        if not value or bad:
+            raise ValueError(
+                f"remote_work_dir may not contain {bad!r}: scheduler directives cannot carry "
+                "them; choose a directory without quotes, '%' or newlines"
+            )
+        return value
+
+    @field_validator("environment_variables")
+    @classmethod
+    def _valid_env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if not _ENV_NAME.match(name):
+                raise ValueError(
+                    f"{name!r} is not a valid environment variable name "
+                    "(letters, digits and '_', not starting with a digit)"
+                )
+        return value
+
+    # ----------------------------------------------------------------------------------
+    def resources(self, **overrides: Any) -> Resources:
+        """The default job resources, with ``overrides`` applied and validated."""
+        data = {name: getattr(self, name) for name in RESOURCE_FIELDS}
+        data.update(overrides)
+        return build(Resources, data)
+
+    @property
+    def is_remote(self) -> bool:
+        """True when the cluster is reached over SSH."""
+        return self.cluster_host is not None
+
+    def with_overrides(self, **overrides: Any) -> ClusterConfig:
+        """A validated copy with ``overrides`` applied."""
+        if not overrides:
+            return self
+        data = self.model_dump()
+        data.update(overrides)
+        return build(ClusterConfig, data)
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str], **overrides: Any) -> ClusterConfig:
+        """Read a YAML (``.yml``/``.yaml``) or TOML (``.toml``) file.
+
+        ``CLUSTRIX_*`` environment variables override the file, ``overrides`` override both.
+        """
+        return cls.load(path, **overrides)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str] | None = None, **overrides: Any) -> ClusterConfig:
+        """Merge defaults < file (``path`` or ``$CLUSTRIX_CONFIG``) < environment < overrides."""
+        data: dict[str, Any] = {}
+        path = path if path is not None else os.environ.get("CLUSTRIX_CONFIG") or None
+        if path is not None:
+            data.update(read_config_file(Path(path)))
+        data.update(config_from_env(os.environ))
+        data.update(overrides)
+        return build(cls, data)
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """The mapping stored in a YAML or TOML config file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror}") from exc
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".toml":
+            try:
+                import tomllib
+            except ModuleNotFoundError:  # Python 3.10
+                import tomli as tomllib
+            data: Any = tomllib.loads(text)
+        elif suffix in (".yml", ".yaml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            raise ConfigError(
+                f"config file {str(path)!r}: unknown format {suffix!r}; use .yaml, .yml or .toml"
+            )
+    except ConfigError:
+        raise
+    except Exception as exc:  # YAML/TOML syntax errors have no common base class
+        raise ConfigError(f"config file {str(path)!r} is not valid {suffix[1:]}: {exc}") from exc
+    if isinstance(data, Mapping) and "clustrix" in data and len(data) == 1:
+        data = data["clustrix"]  # allow a [clustrix] table / top-level key
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of field: value")
+    return dict(data)
+
+
+def config_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Fields set by ``CLUSTRIX_<FIELD>`` variables; ``__`` sets a key of a mapping field.
+
+    List and mapping fields take JSON (``CLUSTRIX_MODULE_LOADS='["gcc", "openmpi"]'``) or, for
+    lists, comma-separated words.
+    """
+    fields = ClusterConfig.model_fields
+    data: dict[str, Any] = {}
+    for var, raw in sorted(environ.items()):
+        if not var.startswith(ENV_PREFIX) or var in _RESERVED_ENV:
+            continue
+        name, _, key = var[len(ENV_PREFIX) :].lower().partition("__")
+        if name not in fields:
+            hint = _suggest(name, fields)
+            raise ConfigError(
+                f"environment variable {var} names no config field{hint}; "
+                f"unset it or use CLUSTRIX_<FIELD> with a field of ClusterConfig"
+            )
+        if key:
+            data.setdefault(name, {})[key.upper()] = raw
+            continue
+        annotation = str(fields[name].annotation)
+        if annotation.startswith(("list", "dict")):
+            try:
+                data[name] = json.loads(raw)
+            except json.JSONDecodeError:
+                if annotation.startswith("dict"):
+                    raise ConfigError(
+                        f"environment variable {var} must be a JSON object, got {raw!r}"
+                    ) from None
+                data[name] = [item.strip() for item in raw.split(",") if item.strip()]
+        else:
+            data[name] = raw
+    return data
+
+
+def _suggest(name: str, choices: Mapping[str, Any] | tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+_SECRET_FIELDS = {"password"}
+
+
+def build(model: type[_M], data: Mapping[str, Any]) -> _M:
+    """Validate ``data`` into ``model``, turning pydantic's error into a :class:`ConfigError`.
+
+    The message names each bad field, the value given and what is allowed, and suggests the
+    closest field name for a typo. Secret values are never echoed.
+    """
+    try:
+        return model.model_validate(dict(data))
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(model, exc)) from None
+
+
+def format_validation_error(model: type[BaseModel], exc: ValidationError) -> str:
+    """One line per problem: field, value given, what is wrong and what is allowed."""
+    lines = [f"invalid {model.__name__}:"]
+    for err in exc.errors():
+        field = ".".join(str(part) for part in err["loc"]) or "(root)"
+        if err["type"] == "extra_forbidden":
+            hint = _suggest(str(err["loc"][0]), model.model_fields)
+            lines.append(f"  {field}: unknown field{hint}; allowed: {', '.join(model.model_fields)}")
+            continue
+        shown = "***" if err["loc"] and err["loc"][0] in _SECRET_FIELDS else repr(err.get("input"))
+        message = err["msg"].removeprefix("Value error, ")
+        lines.append(f"  {field}: {message} (got {shown})")
+    return "\n".join(lines)

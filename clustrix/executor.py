@@ -1,0 +1,304 @@
+"""ClusterExecutor: a :class:`concurrent.futures.Executor` whose workers are cluster jobs.
+
+How a call travels::
+
+    user thread                      executor's event-loop thread (one per executor)   cluster
+    -----------                      -----------------------------------------------   -------
+    ex.submit(fn, *args)
+      payload = cloudpickle(fn, args)   (fails here, naming the bad object)
+      future = ClusterFuture (PENDING) ─► engine: held while max_workers jobs are in flight
+                                        gather the burst into one submission:
+                                          upload job dir (SFTP / os): secret, job.sh, tasks/
+                                          scheduler.submit_argv ─────────────────────────► sbatch
+                                          future.job_id = "12345_7"
+                                        monitor, once per cycle for ALL jobs:
+                                          squeue/ps + exit files + result files ◄──────── worker
+                                          read result, check HMAC, unpickle          writes
+    future.result()  ◄────────────────── set_result / set_exception (user's own     results/
+                                          exception type, remote traceback as cause)
+
+The executor owns policy (``max_workers``, chunking, shutdown); the engine
+(:mod:`clustrix._engine`) owns the loop-side state; a scheduler backend renders scripts and
+parses output; a transport runs commands and moves files. None of them knows the others'
+concrete classes.
+"""
+
+from __future__ import annotations
+
+import atexit
+import itertools
+import math
+import os
+import re
+import sys
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Executor
+from typing import Any, TypeVar
+
+from ._engine import Engine, Task
+from ._loop import LoopThread
+from ._serialize import dumps_call
+from .config import ClusterConfig, Resources
+from .errors import BrokenClusterExecutor, ConfigError
+from .future import ClusterFuture
+from .schedulers.base import Scheduler
+from .transports.base import Transport
+
+__all__ = ["ClusterExecutor", "ExecutorView"]
+
+T = TypeVar("T")
+
+_live_executors: weakref.WeakSet[ClusterExecutor] = weakref.WeakSet()
+_executor_ids = itertools.count(1)
+
+
+def make_scheduler(config: ClusterConfig) -> Scheduler:
+    """The scheduler backend named by ``config.cluster_type``."""
+    if config.cluster_type == "local":
+        from .schedulers.local import LocalScheduler
+
+        return LocalScheduler()
+    if config.cluster_type == "slurm":
+        from .schedulers.slurm import SlurmScheduler
+
+        return SlurmScheduler(use_sacct=config.slurm_use_sacct)
+    raise ConfigError(f"cluster_type {config.cluster_type!r} has no backend")  # pragma: no cover
+
+
+def make_transport(config: ClusterConfig) -> Transport:
+    """SSH when ``cluster_host`` is set, local subprocesses otherwise."""
+    if config.cluster_host is None:
+        from .transports.local import LocalTransport
+
+        return LocalTransport()
+    from .transports.ssh import SSHTransport
+
+    return SSHTransport(
+        host=config.cluster_host,
+        port=config.cluster_port,
+        username=config.username,
+        key_file=config.key_file,
+        password=config.password.get_secret_value() if config.password else None,
+        known_hosts=config.known_hosts,
+        strict_host_key_checking=config.strict_host_key_checking,
+        connect_timeout_s=config.connect_timeout_s,
+        command_timeout_s=config.command_timeout_s,
+    )
+
+
+def job_name_for(fn: Callable[..., Any], resources: Resources) -> str:
+    """The job name: the configured one, or ``clustrix-<function name>``; safe characters."""
+    name = resources.job_name or f"clustrix-{getattr(fn, '__name__', type(fn).__name__)}"
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:64] or "clustrix"
+
+
+class _Submitter:
+    """What an executor and its per-call-resources views share: submit and map."""
+
+    _executor: ClusterExecutor
+    _resources: Resources
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> ClusterFuture[T]:
+        """Run ``fn(*args, **kwargs)`` as a cluster job; return its future at once.
+
+        ``fn`` and every argument are pickled here, so one that cannot be sent fails now
+        with a :class:`clustrix.SerializationError` naming it.
+        """
+        payload = dumps_call(fn, args, kwargs)
+        (future,) = self._executor._enqueue(fn, [payload], 1, self._resources)
+        return future
+
+    def map(
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int | None = None,
+    ) -> Iterator[T]:
+        """Like :meth:`concurrent.futures.Executor.map`, with calls packed into jobs.
+
+        Results come in input order; ``timeout`` is one deadline for the whole iteration;
+        an exception is raised when its result is reached; leaving the iterator early (or an
+        exception) cancels the calls that have not started. ``chunksize=k`` runs k calls per
+        job exactly; the default (None) makes about as many jobs as the cluster can run at
+        once. A call that raises inside a chunk fails only its own result.
+        """
+        if chunksize is not None and chunksize < 1:
+            raise ValueError(f"chunksize must be >= 1 (or None for automatic), got {chunksize}")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        payloads = [dumps_call(fn, args, {}) for args in zip(*iterables)]
+        futures = self._executor._enqueue(fn, payloads, chunksize, self._resources)
+        return _results_in_order(futures, deadline)
+
+    def options(self, **resources: Any) -> ExecutorView:
+        """A view of the same executor whose jobs ask for other resources.
+
+        ``ex.options(cores=4, mem_gb=8).submit(fn, x)`` shares the executor's connection and
+        monitor; the user's keyword arguments stay theirs.
+        """
+        merged = self._resources.model_dump()
+        merged.update(resources)
+        return ExecutorView(self._executor, self._executor.config.resources(**merged))
+
+
+def _results_in_order(
+    futures: list[ClusterFuture[T]], deadline: float | None
+) -> Iterator[T]:
+    # As in CPython's Executor.map: pop from a reversed list so each yielded result is
+    # referenced only by the consumer, and cancel what is left however the loop ends.
+    futures.reverse()
+    try:
+        while futures:
+            future = futures.pop()
+            if deadline is None:
+                yield future.result()
+            else:
+                yield future.result(deadline - time.monotonic())
+    finally:
+        for future in futures:
+            future.cancel()
+
+
+class ClusterExecutor(_Submitter, Executor):
+    """An Executor whose workers are jobs on a cluster (or local processes by default).
+
+    ``ClusterExecutor()`` runs each job as a local process (``cluster_type="local"``);
+    ``ClusterExecutor(ClusterConfig(cluster_type="slurm", cluster_host=...))`` runs them as
+    SLURM jobs over one SSH connection. ``overrides`` set config fields by name. Without a
+    config, ``ClusterConfig.load()`` reads ``$CLUSTRIX_CONFIG`` and ``CLUSTRIX_*`` variables.
+
+    Done-callbacks of its futures run on the executor's event-loop thread: keep them short
+    and never block in them on another future of the same executor.
+    """
+
+    def __init__(self, config: ClusterConfig | None = None, **overrides: Any) -> None:
+        if config is None:
+            config = ClusterConfig.load(**overrides)
+        elif not isinstance(config, ClusterConfig):
+            raise TypeError(f"config must be a ClusterConfig, got {type(config).__name__}")
+        else:
+            config = config.with_overrides(**overrides)
+        self.config = config
+        self._executor = self
+        self._resources = config.resources()
+        max_workers = config.max_workers
+        if max_workers is None and config.cluster_type == "local":
+            max_workers = os.cpu_count() or 1
+        python = config.python_executable or (sys.executable if not config.is_remote else "python3")
+        self._shutdown_lock = threading.Lock()
+        self._shutdown = False
+        self._next_call = itertools.count()
+        self._loop = LoopThread(f"clustrix-executor-{next(_executor_ids)}")
+        self._engine = Engine(
+            config,
+            make_scheduler(config),
+            make_transport(config),
+            self._loop,
+            max_workers=max_workers,
+            python=python,
+        )
+        try:
+            self._loop.run(self._engine.start())
+        except BaseException:
+            self._loop.run(self._engine.close())
+            self._loop.stop()
+            raise
+        _live_executors.add(self)
+
+    @property
+    def max_workers(self) -> int | None:
+        """At most this many jobs are in flight at once (None: the cluster's own limit)."""
+        return self._engine.max_workers
+
+    def _enqueue(
+        self,
+        fn: Callable[..., Any],
+        payloads: list[bytes],
+        chunksize: int | None,
+        resources: Resources,
+    ) -> list[ClusterFuture[Any]]:
+        if chunksize is None:
+            slots = self._engine.slots(resources) or 1
+            chunksize = max(1, math.ceil(len(payloads) / slots))
+        job_name = job_name_for(fn, resources)
+        with self._shutdown_lock:
+            if self._shutdown:
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            if self._engine.broken is not None:
+                raise BrokenClusterExecutor(
+                    f"the executor stopped working: {self._engine.broken!r}"
+                ) from self._engine.broken
+            futures = [ClusterFuture[Any](self._engine, next(self._next_call)) for _ in payloads]
+            tasks = [
+                Task.of(futures[i : i + chunksize], payloads[i : i + chunksize], resources, job_name)
+                for i in range(0, len(payloads), chunksize)
+            ]
+            if tasks:
+                self._engine.enqueue(tasks)
+        return futures
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop accepting work; optionally cancel what has not started; optionally wait.
+
+        ``cancel_futures=True`` cancels every call that has not started, removing queued
+        jobs from the scheduler with one command. ``wait=True`` returns once every running
+        call has finished and the connection is closed. Safe to call more than once.
+        """
+        with self._shutdown_lock:
+            already = self._shutdown
+            self._shutdown = True
+        if not self._loop.running:
+            self._loop.stop()
+            return
+        if cancel_futures:
+            self._loop.run(self._engine.cancel_pending())
+        if wait:
+            self._loop.run(self._engine.wait_idle())
+            if self._loop.running:
+                self._loop.run(self._engine.close())
+            self._loop.stop()
+        elif not already:
+            self._loop.submit(self._close_when_idle())
+        _live_executors.discard(self)
+
+    async def _close_when_idle(self) -> None:
+        await self._engine.wait_idle()
+        await self._engine.close()
+        self._loop.loop.stop()
+
+    def __repr__(self) -> str:
+        state = "shut down" if self._shutdown else "open"
+        return (
+            f"<ClusterExecutor {self.config.cluster_type} on "
+            f"{self._engine.transport.location} ({state})>"
+        )
+
+
+class ExecutorView(_Submitter, Executor):
+    """An executor's submit/map with other job resources (from ``options()``).
+
+    Shares the executor's connection, monitor and ``max_workers``; shutting a view down does
+    nothing: shut down the executor it came from.
+    """
+
+    def __init__(self, executor: ClusterExecutor, resources: Resources) -> None:
+        self._executor = executor
+        self._resources = resources
+
+    @property
+    def resources(self) -> Resources:
+        """The resources every job of this view asks for."""
+        return self._resources
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """A view owns nothing to shut down; the executor it came from does."""
+
+
+@atexit.register
+def _shutdown_all() -> None:
+    # Like ProcessPoolExecutor: at interpreter exit, wait for what is still outstanding.
+    for executor in list(_live_executors):
+        executor.shutdown(wait=True)

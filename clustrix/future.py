@@ -1,0 +1,124 @@
+"""ClusterFuture: a real :class:`concurrent.futures.Future` backed by a scheduler job.
+
+It adds what a job has (``job_id``, the scheduler's ``job_state``, the paths of its logs) and
+two operations: ``cancel()`` that also removes a queued job from the scheduler, and ``kill()``
+that stops a running one. Knows nothing of transports or schedulers: it asks its executor's
+engine (the ``_JobControl`` protocol) to act.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from concurrent.futures._base import CANCELLED, PENDING, RUNNING
+from typing import Protocol, TypeVar
+
+__all__ = ["ClusterFuture"]
+
+T = TypeVar("T")
+
+
+class _JobControl(Protocol):
+    def cancel_calls(self, futures: list[ClusterFuture[object]]) -> None: ...
+    def kill_call(self, future: ClusterFuture[object]) -> bool: ...
+    def read_log(self, future: ClusterFuture[object], stream: str) -> str: ...
+
+
+class ClusterFuture(Future[T]):
+    """The pending result of one call, running as (part of) a scheduler job.
+
+    ``job_id`` is None until the job is submitted (``max_workers`` may hold calls back);
+    ``job_state`` is the scheduler's word for it (``HELD``, ``SUBMITTING``, ``PENDING``,
+    ``RUNNING``, ``COMPLETED``, ``FAILED``, ...).
+    """
+
+    def __init__(self, control: _JobControl, call_index: int) -> None:
+        super().__init__()
+        self._control = control
+        self.call_index = call_index
+        self._job_id: str | None = None
+        self._job_state = "HELD"
+        self._job_dir: str | None = None
+        self._task_index: int | None = None
+
+    # --- what a job has -------------------------------------------------------------------
+    @property
+    def job_id(self) -> str | None:
+        """The scheduler's ID of the job running this call (``12345_7`` for array tasks)."""
+        return self._job_id
+
+    @property
+    def job_state(self) -> str:
+        """The scheduler's last known state of the job."""
+        return self._job_state
+
+    @property
+    def job_dir(self) -> str | None:
+        """The job directory on the cluster (payload, script, results, logs)."""
+        return self._job_dir
+
+    @property
+    def stdout_path(self) -> str | None:
+        """Path on the cluster of the job's stdout log."""
+        return self._log_path("out")
+
+    @property
+    def stderr_path(self) -> str | None:
+        """Path on the cluster of the job's stderr log."""
+        return self._log_path("err")
+
+    def _log_path(self, stream: str) -> str | None:
+        if self._job_dir is None or self._task_index is None:
+            return None
+        return f"{self._job_dir}/logs/{self._task_index}.{stream}"
+
+    def stdout(self) -> str:
+        """The job's stdout so far (empty before the job starts)."""
+        return self._control.read_log(self, "out")  # type: ignore[arg-type]
+
+    def stderr(self) -> str:
+        """The job's stderr so far (empty before the job starts)."""
+        return self._control.read_log(self, "err")  # type: ignore[arg-type]
+
+    # --- control --------------------------------------------------------------------------
+    def cancel(self) -> bool:
+        """Cancel the call if it has not started; a queued job leaves the scheduler too.
+
+        As with any Future, a running or finished call cannot be cancelled (see :meth:`kill`).
+        """
+        if not super().cancel():
+            return False
+        # Move CANCELLED -> CANCELLED_AND_NOTIFIED now, so wait() and as_completed() see it
+        # at once; the engine does the same under the same lock, so only one of us does it.
+        with self._condition:
+            if self._state == CANCELLED:
+                self.set_running_or_notify_cancel()
+        self._control.cancel_calls([self])  # type: ignore[list-item]
+        return True
+
+    def kill(self) -> bool:
+        """Stop the call's job in the scheduler, running or not.
+
+        A pending call is cancelled (as :meth:`cancel`); a running one fails with
+        :class:`clustrix.JobFailedError` (state ``CANCELLED``). Returns False if the call had
+        already finished. With ``chunksize > 1`` this stops every call of the same job.
+        """
+        if self.cancel():
+            return True
+        if self.done():
+            return False
+        return self._control.kill_call(self)  # type: ignore[arg-type]
+
+    # --- engine side ----------------------------------------------------------------------
+    def _mark_running(self) -> bool:
+        """PENDING -> RUNNING; False (and waiters notified) if it was cancelled."""
+        with self._condition:
+            if self._state == PENDING:
+                return self.set_running_or_notify_cancel()
+            if self._state == CANCELLED:
+                self.set_running_or_notify_cancel()
+                return False
+            return self._state == RUNNING
+
+    def __repr__(self) -> str:
+        base = super().__repr__()[:-1]
+        return f"{base} job_id={self._job_id} job_state={self._job_state}>"

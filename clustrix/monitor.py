@@ -1,0 +1,97 @@
+"""One status round trip for all outstanding jobs, and the poll backoff.
+
+Each poll cycle runs ONE shell command on the cluster that prints, in this order:
+
+1. the scheduler's status of every outstanding job (one ``squeue``/``ps``, never one per job),
+2. the exit status files the job scripts wrote (``exit/<task>``),
+3. the result files the workers wrote (``results/<call>.pkl``).
+
+The order matters: a job reported ended in (1) wrote its exit file before, and its results
+before that, so (2) and (3) see them. Pure functions only: the engine runs the command.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from . import _wire
+
+__all__ = ["Backoff", "PollOutput", "parse_poll_output", "poll_script"]
+
+MARK = "@@clustrix-poll@@"
+#: Beyond this many job directories, scan the whole jobs root instead of listing each one,
+#: so the command line stays short however many submissions are outstanding.
+MAX_LISTED_DIRS = 200
+
+
+def poll_script(status_argv: Sequence[str] | None, job_dirs: Sequence[str], jobs_root: str) -> str:
+    """The ``sh`` script of one poll cycle."""
+    lines = []
+    if status_argv:
+        lines.append(f'{shlex.join(status_argv)} 2>&1; echo "{MARK} $?"')
+    else:
+        lines.append(f'echo "{MARK} 0"')
+    if not job_dirs:
+        lines.append(f'echo "{MARK}"')
+        return "\n".join(lines)
+    if len(job_dirs) <= MAX_LISTED_DIRS:
+        roots, depth = " ".join(shlex.quote(d) for d in job_dirs), 2
+    else:
+        roots, depth = shlex.quote(jobs_root), 3
+    find = f"find {roots} -mindepth {depth} -maxdepth {depth}"
+    lines.append(
+        f"{find} -path '*/{_wire.EXIT_DIR}/[0-9]*' -exec grep -H '' {{}} + 2>/dev/null"
+    )
+    lines.append(f'echo "{MARK}"')
+    lines.append(
+        f"{find} -path '*/{_wire.RESULTS_DIR}/*{_wire.SUFFIX}' ! -name '.*' 2>/dev/null"
+    )
+    lines.append("exit 0")
+    return "\n".join(lines)
+
+
+@dataclass
+class PollOutput:
+    """What one poll cycle saw."""
+
+    status_ok: bool
+    status_text: str
+    #: exit status by exit-file path (``<job_dir>/exit/<task>``)
+    exit_codes: dict[str, int] = field(default_factory=dict)
+    #: paths of the result files present
+    result_paths: set[str] = field(default_factory=set)
+
+
+def parse_poll_output(stdout: str) -> PollOutput:
+    """Split the poll command's output into its three sections."""
+    status_part, _, rest = stdout.partition(MARK)
+    rc_line, _, rest = rest.partition("\n")
+    exits_part, _, results_part = rest.partition(MARK)
+    rc_text = rc_line.strip()
+    output = PollOutput(status_ok=rc_text == "0", status_text=status_part)
+    for line in exits_part.splitlines():
+        path, sep, value = line.rpartition(":")
+        if sep and value.strip().lstrip("-").isdigit():
+            output.exit_codes[path] = int(value)
+    output.result_paths = {line for line in results_part.splitlines() if line}
+    return output
+
+
+class Backoff:
+    """Poll delays: fast after a change, growing by ``factor`` while nothing changes."""
+
+    def __init__(self, min_s: float, max_s: float, factor: float = 1.5) -> None:
+        self.min_s, self.max_s, self.factor = min_s, max(min_s, max_s), factor
+        self.delay_s = min_s
+
+    def reset(self) -> None:
+        """Something changed: poll soon again."""
+        self.delay_s = self.min_s
+
+    def next_delay(self) -> float:
+        """The delay before the next poll; grows each time it is asked for."""
+        delay = self.delay_s
+        self.delay_s = min(self.max_s, self.delay_s * self.factor)
+        return delay

@@ -1,0 +1,163 @@
+"""The scheduler interface: render a job script, build argv, parse output.
+
+A backend is small and mostly pure. It never runs anything itself (the executor's engine runs
+the argv it builds through a transport) and never knows which transport that is; the one
+exception is :meth:`Scheduler.discover`, which reads a few facts about the cluster once.
+"""
+
+from __future__ import annotations
+
+import shlex
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+
+from .. import _wire
+from ..config import Resources
+
+__all__ = [
+    "ENDED_STATES",
+    "RUNNING_STATES",
+    "JobSpec",
+    "Scheduler",
+    "TaskStatus",
+    "render_body",
+]
+
+#: States in which a job is running (the engine marks its futures RUNNING).
+RUNNING_STATES = frozenset({"RUNNING", "COMPLETING", "CONFIGURING", "STAGE_OUT", "SIGNALING"})
+#: States after which a job will not produce anything more.
+ENDED_STATES = frozenset(
+    {
+        "COMPLETED",
+        "FAILED",
+        "CANCELLED",
+        "TIMEOUT",
+        "OUT_OF_MEMORY",
+        "NODE_FAIL",
+        "PREEMPTED",
+        "BOOT_FAIL",
+        "DEADLINE",
+        "SPECIAL_EXIT",
+        "REVOKED",
+        "EXITED",
+    }
+)
+
+RunCommand = Callable[[Sequence[str]], Awaitable[tuple[int, str, str]]]
+
+
+@dataclass(frozen=True)
+class TaskStatus:
+    """What the scheduler says about one job (or one array task)."""
+
+    job_id: str
+    state: str
+    reason: str = ""
+    exit_code: int | None = None
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One submission: a job, or an array of ``n_tasks`` jobs, sharing a job directory."""
+
+    job_dir: str
+    n_tasks: int
+    resources: Resources
+    job_name: str
+    python: str
+    worker_path: str
+    module_loads: Sequence[str] = ()
+    environment: dict[str, str] = field(default_factory=dict)
+    #: At most this many tasks of the array run at once (``--array=…%N``); None: no limit.
+    array_throttle: int | None = None
+
+    def path(self, *parts: str) -> str:
+        """A path inside the job directory."""
+        return "/".join((self.job_dir, *parts))
+
+
+def render_body(spec: JobSpec, task_index: str) -> str:
+    """The part of every job script after the scheduler's directives.
+
+    ``task_index`` is a shell expression giving this task's index (e.g.
+    ``${SLURM_ARRAY_TASK_ID:-0}``). Every user-supplied value is quoted with
+    :func:`shlex.quote`. The worker runs as a child so the script can record its exit status
+    even when the job is asked to stop (TERM is passed on to the worker).
+    """
+    q = shlex.quote
+    lines = ["set -u"]
+    lines += [f"module load {q(module)}" for module in spec.module_loads]
+    lines += [f"export {name}={q(value)}" for name, value in spec.environment.items()]
+    exit_dir = spec.path(_wire.EXIT_DIR)
+    lines += [
+        f"job_dir={q(spec.job_dir)}",
+        f"task={task_index}",
+        f'PYTHONPATH={q(spec.worker_path)}"${{PYTHONPATH:+:$PYTHONPATH}}" \\',
+        f'  {q(spec.python)} -m clustrix.worker run "$job_dir" "$task" &',
+        "child=$!",
+        "trap 'kill -TERM \"$child\" 2>/dev/null' TERM INT HUP",
+        'wait "$child"; rc=$?',
+        '# a trapped signal interrupts "wait": wait again for the real status',
+        'while kill -0 "$child" 2>/dev/null; do wait "$child"; rc=$?; done',
+        f"exit_dir={q(exit_dir)}",
+        'printf \'%s\\n\' "$rc" > "$exit_dir/.$task.tmp" && mv -f "$exit_dir/.$task.tmp" '
+        '"$exit_dir/$task"',
+        'exit "$rc"',
+    ]
+    return "\n".join(lines) + "\n"
+
+
+class Scheduler(ABC):
+    """What a backend implements. All methods but :meth:`discover` are pure."""
+
+    #: Name used in ``ClusterConfig.cluster_type``.
+    name: str = ""
+    #: True if one submission can start many tasks with a concurrency limit (``%N``).
+    supports_array_throttle: bool = False
+    #: Largest number of tasks in one submission.
+    max_array_size: int = 1_000_000
+
+    async def discover(self, run: RunCommand) -> None:
+        """Read facts about the cluster once (array size limit, accounting). Default: none."""
+        return None
+
+    def slots(self, resources: Resources) -> int | None:
+        """How many jobs of ``resources`` the cluster can run at once, if known."""
+        return None
+
+    @abstractmethod
+    def render_script(self, spec: JobSpec) -> str:
+        """The job script text."""
+
+    @abstractmethod
+    def submit_argv(self, spec: JobSpec, script_path: str) -> list[str]:
+        """The command that submits the script."""
+
+    @abstractmethod
+    def parse_submit(self, spec: JobSpec, stdout: str) -> list[str]:
+        """The job ID of each task (index order), from the submit command's stdout."""
+
+    @abstractmethod
+    def status_argv(self, job_ids: Sequence[str]) -> list[str]:
+        """One command reporting the state of all ``job_ids`` (never one per job)."""
+
+    @abstractmethod
+    def parse_status(self, stdout: str) -> dict[str, TaskStatus]:
+        """States by job ID. A job absent from the result has ended and been forgotten."""
+
+    def status_ok_anyway(self, output: str) -> bool:
+        """True if a non-zero exit of the status command still means a valid answer."""
+        return False
+
+    @abstractmethod
+    def cancel_argv(self, job_ids: Sequence[str]) -> list[str]:
+        """One command that cancels (or kills) all ``job_ids``."""
+
+    def detail_argv(self, job_ids: Sequence[str]) -> list[str] | None:
+        """A command giving final state and exit code of ended jobs, if the backend has one."""
+        return None
+
+    def parse_detail(self, stdout: str) -> dict[str, TaskStatus]:
+        """Parse :meth:`detail_argv`'s output."""
+        return {}

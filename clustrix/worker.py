@@ -1,0 +1,108 @@
+"""The worker: ``python -m clustrix.worker run <job_dir> <task_index>``, run on the node.
+
+It reads the task's calls, runs each, and writes one sealed result record per call,
+atomically, before moving on to the next call: a worker that dies half-way through a chunk
+keeps the results it already produced.
+
+It knows nothing of transports, schedulers or the executor, and imports only the standard
+library, :mod:`clustrix._wire` and cloudpickle, so a job starts fast and the cluster needs no
+clustrix install (both modules and cloudpickle travel in a small zip on ``PYTHONPATH``).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from typing import Any
+
+from clustrix import _wire
+
+USAGE = "usage: python -m clustrix.worker run <job_dir> <task_index>"
+EXIT_BAD_USAGE = 2
+EXIT_BAD_TASK = 3
+
+
+def _qualified_name(cls: type) -> str:
+    module = getattr(cls, "__module__", "") or ""
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+
+
+def _error_record(exc: BaseException, context: str = "") -> _wire.Record:
+    import cloudpickle
+
+    # Skip the worker's own frame: the user wants to see where *their* code failed.
+    tb = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
+    text = "".join(traceback.format_exception(type(exc), exc, tb))
+    if context:
+        text = f"{context}\n{text}"
+    try:
+        pickled: bytes | None = cloudpickle.dumps(exc)
+    except Exception:  # the exception itself cannot travel: keep its name, message, traceback
+        pickled = None
+    return {
+        "ok": False,
+        "type": _qualified_name(type(exc)),
+        "message": str(exc),
+        "traceback": text,
+        "exception": pickled,
+    }
+
+
+def run_call(payload: bytes) -> _wire.Record:
+    """Unpickle one call, run it, and return its result record (never raises)."""
+    import cloudpickle
+
+    try:
+        fn, args, kwargs = cloudpickle.loads(payload)
+    except BaseException as exc:
+        return _error_record(exc, "clustrix: the call could not be unpickled on the node")
+    try:
+        value: Any = fn(*args, **kwargs)
+    except BaseException as exc:  # SystemExit/KeyboardInterrupt from user code are results too
+        return _error_record(exc)
+    try:
+        return {"ok": True, "value": cloudpickle.dumps(value)}
+    except BaseException as exc:
+        return _error_record(
+            exc, f"clustrix: the result (a {_qualified_name(type(value))}) cannot be pickled"
+        )
+
+
+def run_task(job_dir: str, task_index: int) -> int:
+    """Run every call of one task; return the process exit status."""
+    import pickle
+
+    try:
+        with open(os.path.join(job_dir, _wire.SECRET_FILE), "rb") as fh:
+            secret = fh.read()
+        task_path = os.path.join(job_dir, _wire.TASKS_DIR, f"{task_index}{_wire.SUFFIX}")
+        with open(task_path, "rb") as fh:
+            calls = pickle.loads(_wire.unseal(secret, fh.read()))
+    except (OSError, ValueError, pickle.UnpicklingError) as exc:
+        print(f"clustrix worker: cannot read task {task_index} in {job_dir}: {exc}", file=sys.stderr)
+        return EXIT_BAD_TASK
+    results_dir = os.path.join(job_dir, _wire.RESULTS_DIR)
+    for call_index, payload in calls:
+        record = run_call(payload)
+        # Flush the user's prints before the result appears, so logs are complete by then.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        _wire.write_atomic(
+            os.path.join(results_dir, f"{call_index}{_wire.SUFFIX}"),
+            _wire.dump_record(secret, record),
+        )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``python -m clustrix.worker``."""
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 3 or args[0] != "run" or not args[2].isdigit():
+        print(USAGE, file=sys.stderr)
+        return EXIT_BAD_USAGE
+    return run_task(args[1], int(args[2]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
