@@ -57,7 +57,8 @@ STDERR_TAIL_BYTES = 4000
 
 @dataclass(eq=False)
 class _Call:
-    future: ClusterFuture[Any]
+    # Both dropped once the call is resolved: the engine keeps neither arguments nor results.
+    future: ClusterFuture[Any] | None
     payload: bytes | None
     task: Task | None = None
     index: int = -1  # index within its submission: names its result file
@@ -102,7 +103,8 @@ class Task:
         """Record the scheduler's state on the task and its futures."""
         self.state = state
         for call in self.calls:
-            call.future._job_state = state
+            if call.future is not None:
+                call.future._job_state = state
 
 
 @dataclass(eq=False)
@@ -248,6 +250,7 @@ class Engine:
             return
         for task in tasks:
             for call in task.calls:
+                assert call.future is not None
                 self._call_of[call.future] = call
             self._held.append(task)
         self._idle.clear()
@@ -318,8 +321,9 @@ class Engine:
             for call in task.calls:
                 call.index = call_index
                 call_index += 1
-                batch.paths[self._result_path(batch, call)] = call
-                call.future._job_dir, call.future._task_index = job_dir, task_index
+                if call.future is not None:
+                    batch.paths[self._result_path(batch, call)] = call
+                    call.future._job_dir, call.future._task_index = job_dir, task_index
         spec = self._spec(job_dir, tasks, throttle)
         self._batches.append(batch)
         try:
@@ -350,7 +354,8 @@ class Engine:
             return
         for task, job_id in zip(tasks, job_ids):
             task.job_id = job_id
-            for call in task.calls:
+            for call in task.open_calls():
+                assert call.future is not None
                 call.future._job_id = job_id
             task.set_state("PENDING")
             if not task.open_calls():  # cancelled while we were uploading
@@ -452,6 +457,7 @@ class Engine:
                 changed = True
             if status is not None and status.state in RUNNING_STATES:
                 for call in task.open_calls():
+                    assert call.future is not None
                     call.future._mark_running()
             gone = status_ok and (status is None or status.state in ENDED_STATES)
             if exit_code is None and not gone:
@@ -576,13 +582,25 @@ class Engine:
             self._idle.set()
 
     # ------------------------------------------------------------------ resolution
-    def _resolve(self, call: _Call, value: Any, exception: BaseException | None) -> None:
-        self._call_of.pop(call.future, None)
-        call.resolved = True
-        call.payload = None
-        if exception is not None and call.task is not None and call.task.batch is not None:
-            call.task.batch.had_failure = True
+    def _forget(self, call: _Call) -> ClusterFuture[Any] | None:
+        """Mark ``call`` resolved and drop every reference to its future and arguments."""
         future = call.future
+        if future is not None:
+            self._call_of.pop(future, None)
+        call.resolved = True
+        call.future = call.payload = None
+        batch = call.task.batch if call.task is not None else None
+        if batch is not None:
+            batch.paths.pop(self._result_path(batch, call), None)
+        return future
+
+    def _resolve(self, call: _Call, value: Any, exception: BaseException | None) -> None:
+        future = self._forget(call)
+        if future is None:
+            return
+        batch = call.task.batch if call.task is not None else None
+        if batch is not None and exception is not None:
+            batch.had_failure = True
         if not future._mark_running():
             return  # cancelled by the user: the outcome has no taker
         if exception is not None:
@@ -608,11 +626,10 @@ class Engine:
     # ------------------------------------------------------------------ cancellation
     def _on_cancel(self, futures: list[ClusterFuture[Any]]) -> None:
         for future in futures:
-            call = self._call_of.pop(future, None)
+            call = self._call_of.get(future)
             if call is None or call.resolved:
                 continue
-            call.resolved = True
-            call.payload = None
+            self._forget(call)
             task = call.task
             if task is None or task.job_id is None or task.finalized:
                 continue  # held or still being submitted: the submitter skips it

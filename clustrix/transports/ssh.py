@@ -121,7 +121,6 @@ class SSHTransport(Transport):
         # agent and the default keys (~/.ssh/id_*); no known_hosts means ~/.ssh/known_hosts.
         options: dict[str, Any] = {
             "port": self._port,
-            "username": self._username,
             "connect_timeout": self._connect_timeout_s,
             "keepalive_interval": self._keepalive_interval_s,
         }
@@ -132,11 +131,14 @@ class SSHTransport(Transport):
                 )
         if self._key_file is not None:
             options["client_keys"] = [self._key_file]
+        if self._username is not None:  # None (asyncssh's default is ()) would break it
+            options["username"] = self._username
         if self._password is not None:
             options["password"] = self._password
         if not self._strict:
-            logger.warning("host keys of %s are not verified (strict_host_key_checking=False)",
-                           self._where)  # fmt: skip
+            logger.warning(
+                "host keys of %s are not verified: strict_host_key_checking=False", self._where
+            )
             options["known_hosts"] = None
         elif self._known_hosts is not None:
             options["known_hosts"] = self._known_hosts
@@ -344,7 +346,7 @@ class SSHTransport(Transport):
 
 def _returncode(exit_status: int | None, exit_signal: tuple[str, bool, str, str] | None) -> int:
     """The exit status, or 128 + signal number like a shell; 255 when neither is known."""
-    if exit_status is not None:
+    if exit_status is not None and exit_status >= 0:  # asyncssh says -1 beside a signal
         return exit_status
     if exit_signal is not None:
         with contextlib.suppress(KeyError):

@@ -1,0 +1,398 @@
+#!/usr/bin/env bash
+# A real, single-machine test cluster for clustrix's integration tests:
+#   - a private OpenSSH server on 127.0.0.1:$CLUSTRIX_TEST_SSH_PORT, key-only, for an
+#     unprivileged test user `clustrix` (does not touch /etc/ssh/sshd_config or a system sshd);
+#   - single-node SLURM (Debian 12 packages, 22.05): munge, slurmctld, slurmd, and by default
+#     slurmdbd + MariaDB so that `sacct` works. No systemd, no cgroups.
+#
+# Usage (start/stop as root, on Debian):
+#   scripts/testcluster.sh start    install what is missing, stop what an earlier run started
+#                                   (by pid file), then start everything; idempotent
+#   scripts/testcluster.sh stop     stop everything `start` started (by pid file)
+#   scripts/testcluster.sh status   exit 0 + one-line summary if ssh as the test user works
+#                                   and the SLURM node is idle/mixed/allocated; exit 1 otherwise
+#   scripts/testcluster.sh env      print the `export` lines the test suite reads:
+#                                   eval "$(scripts/testcluster.sh env)"
+#
+# Env:
+#   CLUSTRIX_TEST_STATE=/tmp/clustrix-testcluster  keys/ (id_ed25519, known_hosts) and sshd/
+#   CLUSTRIX_TEST_SSH_PORT=2222
+#   CLUSTRIX_TEST_SSH_USER=clustrix   the unprivileged test user (created if missing)
+#   SSH_KEY_OWNER=user[:group]        local user who runs the tests and must read the private
+#                                     key (default: $SUDO_USER if run via sudo, else root)
+#   SLURM_ACCOUNTING=slurmdbd|none    default slurmdbd (MariaDB + slurmdbd, `sacct` works)
+#   SLURM_OVERSUBSCRIBE=N             jobs sharing each core, default 8 (OverSubscribe=FORCE:N);
+#                                     with 2 CPUs only 2 jobs run at once unless oversubscribed
+#   SLURM_SCHED_PARAMS=...            SchedulerParameters (default batch_sched_delay=0;
+#                                     set to "" for Slurm's defaults)
+#   SLURM_SCHEDULER=sched/backfill    or sched/builtin
+#   SLURM_EXTRA_CONF='SlurmdTimeout=10'   extra slurm.conf lines
+#   SLURM_KEEP_STATE=1                keep slurmctld job state across restarts (default: wipe;
+#                                     job ids then restart at 1 -- `sacct -j ID` returns the
+#                                     most recent job with that id, older ones need --duplicates)
+#   SLURM_CLUSTER=testcluster
+#
+# Measured on a 2-core machine: sbatch to COMPLETED about 1 s (the slurmctld scheduling loop
+# ticks once a second with batch_sched_delay=0).
+set -euo pipefail
+umask 022
+
+STATE=${CLUSTRIX_TEST_STATE:-/tmp/clustrix-testcluster}
+PORT=${CLUSTRIX_TEST_SSH_PORT:-2222}
+TUSER=${CLUSTRIX_TEST_SSH_USER:-clustrix}
+KEYDIR=$STATE/keys
+SSHD_DIR=$STATE/sshd
+SSHD_PID=$SSHD_DIR/sshd.pid
+KEY=$KEYDIR/id_ed25519
+KNOWN_HOSTS=$KEYDIR/known_hosts
+
+ACCT=${SLURM_ACCOUNTING:-slurmdbd}
+OVERSUB=${SLURM_OVERSUBSCRIBE:-8}
+SCHED_PARAMS=${SLURM_SCHED_PARAMS-batch_sched_delay=0}
+CLUSTER=${SLURM_CLUSTER:-testcluster}
+CONF=/etc/slurm/slurm.conf
+SPOOL=/var/spool/slurm            # ctld/ and d/ below
+LOG=/var/log/slurm
+RUN=/run/slurm-test               # our slurm pid files
+MUNGE_PID=/run/munge/munged.pid
+DBPASS=slurmtestpw
+
+PACKAGES=(openssh-server openssh-client slurmctld slurmd slurm-client munge
+          slurmdbd mariadb-server python3 python3-venv)
+
+# --- helpers ---------------------------------------------------------------------------------
+now_us() { local t=${EPOCHREALTIME//[.,]/}; echo "${t#0}"; }   # bash 5, no bc needed
+T0=$(now_us)
+step() {  # print elapsed time since the script started, like the reference scripts
+    local d=$(( $(now_us) - T0 ))
+    printf '[%3d.%02ds] %s\n' $(( d / 1000000 )) $(( d % 1000000 / 10000 )) "$*"
+}
+die() { echo "testcluster: $*" >&2; exit 1; }
+need_root() { [ "$(id -u)" = 0 ] || die "$1 must run as root"; }
+node_name() { hostname -s; }
+
+ssh_test_user() {  # ssh_test_user CMD...: run CMD as the test user over the private sshd
+    ssh -q -o BatchMode=yes -o ConnectTimeout=5 -o UserKnownHostsFile="$KNOWN_HOSTS" \
+        -o StrictHostKeyChecking=yes -p "$PORT" -i "$KEY" "$TUSER@127.0.0.1" "$@"
+}
+
+# kill_pidfile FILE NAME: SIGTERM the process in FILE if it is still NAME (a stale pid file
+# after a reboot must not kill an unrelated process); add the pid to KILLED when signalled.
+KILLED=()
+kill_pidfile() {
+    local f=$1 name=$2 pid
+    [ -s "$f" ] || return 0
+    pid=$(cat "$f"); rm -f "$f"
+    [ "$(cat "/proc/$pid/comm" 2>/dev/null || true)" = "$name" ] || return 0
+    if kill "$pid" 2>/dev/null; then KILLED+=("$pid"); fi
+}
+
+wait_gone() {  # wait_gone PID...: wait up to 15 s, then SIGKILL what is left
+    local pid alive
+    for _ in $(seq 150); do
+        alive=
+        for pid in "$@"; do kill -0 "$pid" 2>/dev/null && alive=1; done
+        [ -z "$alive" ] && return 0
+        sleep 0.1
+    done
+    for pid in "$@"; do kill -9 "$pid" 2>/dev/null || true; done
+}
+
+# --- install (no-op when everything is installed) ----------------------------------------
+apt_install() { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >/dev/null; }
+
+install_packages() {
+    local p missing=() created_policy=
+    for p in "${PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p")
+    done
+    [ ${#missing[@]} = 0 ] && return 0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then   # stop apt from starting daemons itself
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+        chmod +x /usr/sbin/policy-rc.d; created_policy=1
+    fi
+    # on a fresh machine the package lists may be missing or stale: update once and retry
+    if ! apt_install "${missing[@]}" 2>/dev/null; then
+        apt-get update -q >/dev/null
+        apt_install "${missing[@]}" || { [ -n "$created_policy" ] && rm -f /usr/sbin/policy-rc.d; exit 1; }
+    fi
+    [ -n "$created_policy" ] && rm -f /usr/sbin/policy-rc.d
+    step "installed: ${missing[*]}"
+}
+
+# --- test user + key -----------------------------------------------------------------------
+setup_user() {
+    local home owner=${SSH_KEY_OWNER:-${SUDO_USER:-}}
+    id "$TUSER" >/dev/null 2>&1 || useradd -m -s /bin/bash "$TUSER"
+    # useradd leaves the password field as "!" (= locked); with UsePAM no, sshd
+    # refuses locked accounts even for pubkey auth.  "*" = no valid password, not locked.
+    usermod -p '*' "$TUSER"
+    home=$(getent passwd "$TUSER" | cut -d: -f6)
+
+    mkdir -p "$KEYDIR"
+    [ -f "$KEY" ] || ssh-keygen -q -t ed25519 -N '' -C "$TUSER@test" -f "$KEY"
+    install -d -m 700 -o "$TUSER" -g "$TUSER" "$home/.ssh"
+    install -m 600 -o "$TUSER" -g "$TUSER" "$KEY.pub" "$home/.ssh/authorized_keys"
+    # the private key must belong to whoever runs the tests (ssh refuses group/world-readable keys)
+    [ -n "$owner" ] && chown -R "$owner" "$KEYDIR"
+    chmod 755 "$STATE" "$KEYDIR"
+    step "user $TUSER + key $KEY${owner:+ (owner $owner)}"
+}
+
+# --- sshd ------------------------------------------------------------------------------------
+stop_sshd() {
+    KILLED=()
+    kill_pidfile "$SSHD_PID" sshd
+    [ ${#KILLED[@]} = 0 ] || wait_gone "${KILLED[@]}"
+}
+
+start_sshd() {
+    stop_sshd
+    mkdir -p "$SSHD_DIR" /run/sshd          # /run/sshd = privsep dir sshd insists on
+    chmod 755 /run/sshd
+    [ -f "$SSHD_DIR/ssh_host_ed25519_key" ] ||
+        ssh-keygen -q -t ed25519 -N '' -f "$SSHD_DIR/ssh_host_ed25519_key"
+    cat > "$SSHD_DIR/sshd_config" <<EOF
+ListenAddress 127.0.0.1
+Port $PORT
+HostKey $SSHD_DIR/ssh_host_ed25519_key
+PidFile $SSHD_PID
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+PermitRootLogin no
+AllowUsers $TUSER
+AuthorizedKeysFile .ssh/authorized_keys
+StrictModes yes
+# asyncssh multiplexes channels (conn.run, SFTP) over one connection; the
+# default MaxSessions 10 caps that at 10 concurrent channels
+MaxStartups 100:30:200
+MaxSessions 100
+LogLevel INFO
+Subsystem sftp internal-sftp
+EOF
+    /usr/sbin/sshd -t -f "$SSHD_DIR/sshd_config"
+    /usr/sbin/sshd -f "$SSHD_DIR/sshd_config" -E "$SSHD_DIR/sshd.log"
+
+    # known_hosts line for clients that want strict host key checking
+    echo "[127.0.0.1]:$PORT $(cut -d' ' -f1,2 "$SSHD_DIR/ssh_host_ed25519_key.pub")" > "$KNOWN_HOSTS"
+    local owner=${SSH_KEY_OWNER:-${SUDO_USER:-}}
+    [ -z "$owner" ] || chown "$owner" "$KNOWN_HOSTS"
+
+    for _ in $(seq 50); do
+        if ssh_test_user true 2>/dev/null; then
+            step "sshd up: pid $(cat "$SSHD_PID") 127.0.0.1:$PORT user $TUSER"
+            return 0
+        fi
+        sleep 0.2
+    done
+    echo "sshd did not come up; log:" >&2; cat "$SSHD_DIR/sshd.log" >&2; exit 1
+}
+
+# --- slurm -----------------------------------------------------------------------------------
+stop_slurm() {  # SIGTERM everything a previous run started (pid files), wait, then SIGKILL
+    local mariadb_stop=
+    if [ -s /run/mysqld/mysqld.pid ] && [ -x /etc/init.d/mariadb ]; then
+        /etc/init.d/mariadb stop >/dev/null 2>&1 &      # in parallel with the rest
+        mariadb_stop=$!
+    fi
+    # each takes ~2 s to exit, so signal all first and wait once
+    KILLED=()
+    kill_pidfile "$RUN/slurmd.pid" slurmd
+    kill_pidfile "$RUN/slurmctld.pid" slurmctld
+    kill_pidfile "$RUN/slurmdbd.pid" slurmdbd
+    kill_pidfile "$MUNGE_PID" munged
+    [ ${#KILLED[@]} = 0 ] || wait_gone "${KILLED[@]}"
+    [ -z "$mariadb_stop" ] || wait "$mariadb_stop" || true
+}
+
+start_munge() {
+    if [ ! -s /etc/munge/munge.key ]; then       # Debian's postinst normally creates it
+        mungekey --create --keyfile /etc/munge/munge.key
+    fi
+    chown munge:munge /etc/munge/munge.key; chmod 400 /etc/munge/munge.key
+    install -d -o munge -g munge -m 755 /run/munge
+    install -d -o munge -g munge -m 700 /var/lib/munge /var/log/munge
+    runuser -u munge -- /usr/sbin/munged --pid-file="$MUNGE_PID"
+    for _ in $(seq 50); do munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && break; sleep 0.1; done
+    munge -n | unmunge >/dev/null
+    step "munged up"
+}
+
+# slurm.conf is written before slurmdbd starts, because slurmdbd/sacctmgr read it too;
+# a stale one saying accounting_storage/none cost ~10 s in the sacctmgr wait below.
+write_slurm_conf() {
+    local node hw acct_lines
+    node=$(node_name)
+    if [ "$ACCT" = slurmdbd ]; then
+        acct_lines="AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=localhost
+JobAcctGatherType=jobacct_gather/linux
+JobAcctGatherFrequency=30"
+    else
+        acct_lines="AccountingStorageType=accounting_storage/none
+JobAcctGatherType=jobacct_gather/none"
+    fi
+    # slurmd -C reports the real CPUs/sockets/cores/memory; using it avoids the node
+    # being drained for "Low socket*core*thread count" / "Low RealMemory".
+    hw=$(slurmd -C | head -1 | sed "s/^NodeName=[^ ]* //")
+    install -d -o slurm -g slurm -m 755 "$SPOOL/ctld" "$LOG"
+    install -d -o root -g root -m 755 "$SPOOL/d" "$RUN"
+    # `sacct -c` (read the jobcomp file) opens it O_WRONLY|O_APPEND, so users need write access
+    [ -e "$LOG/jobcomp.log" ] || install -o slurm -g slurm -m 666 /dev/null "$LOG/jobcomp.log"
+    cat > "$CONF" <<EOF
+# written by clustrix scripts/testcluster.sh
+ClusterName=$CLUSTER
+SlurmctldHost=$node(127.0.0.1)
+SlurmUser=slurm
+AuthType=auth/munge
+MpiDefault=none
+MailProg=/bin/true
+StateSaveLocation=$SPOOL/ctld
+SlurmdSpoolDir=$SPOOL/d
+SlurmctldPidFile=$RUN/slurmctld.pid
+SlurmdPidFile=$RUN/slurmd.pid
+SlurmctldLogFile=$LOG/slurmctld.log
+SlurmdLogFile=$LOG/slurmd.log
+# no cgroups: plain process tracking, no task binding (so --mem is not enforced by a cgroup)
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+SchedulerType=${SLURM_SCHEDULER:-sched/backfill}
+# the scheduling loop ticks once a second with batch_sched_delay=0: sbatch -> COMPLETED ~1 s
+${SCHED_PARAMS:+SchedulerParameters=$SCHED_PARAMS}
+# Finished jobs stay visible in squeue -t all / scontrol show job for MinJobAge seconds.
+# With MinJobAge=3600 and the default MaxJobCount=10000 a test run submitting thousands of
+# jobs filled slurmctld's job table for an hour (seen after ~7,400 jobs): keep records 300 s
+# and allow more of them. sacct keeps finished jobs either way when slurmdbd runs.
+MinJobAge=300
+MaxJobCount=50000
+ReturnToService=2
+KillWait=5
+InactiveLimit=0
+# one line per finished job (JobId, UserId, JobState, ExitCode, times, ...)
+JobCompType=jobcomp/filetxt
+JobCompLoc=$LOG/jobcomp.log
+$acct_lines
+${SLURM_EXTRA_CONF:-}
+NodeName=$node NodeAddr=127.0.0.1 $hw State=UNKNOWN
+# OverSubscribe=FORCE:N lets N jobs share each core: with 2 CPUs only 2 jobs run at once otherwise
+PartitionName=debug Nodes=$node Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:$OVERSUB
+EOF
+    step "slurm.conf written ($ACCT accounting, OverSubscribe=FORCE:$OVERSUB)"
+}
+
+start_slurmdbd() {
+    # one of the two "Database settings not recommended values" warnings of slurmdbd
+    printf '[mysqld]\ninnodb_lock_wait_timeout=900\n' \
+        > /etc/mysql/mariadb.conf.d/99-slurmdbd.cnf
+    /etc/init.d/mariadb start >/dev/null     # the SysV script works without systemd
+    mysql -uroot <<EOF
+CREATE DATABASE IF NOT EXISTS slurm_acct_db;
+CREATE USER IF NOT EXISTS 'slurm'@'localhost' IDENTIFIED BY '$DBPASS';
+GRANT ALL ON slurm_acct_db.* TO 'slurm'@'localhost';
+EOF
+    step "mariadb up"
+    cat > /etc/slurm/slurmdbd.conf <<EOF
+AuthType=auth/munge
+DbdHost=localhost
+SlurmUser=slurm
+PidFile=$RUN/slurmdbd.pid
+LogFile=$LOG/slurmdbd.log
+StorageType=accounting_storage/mysql
+StorageHost=localhost
+StorageUser=slurm
+StoragePass=$DBPASS
+StorageLoc=slurm_acct_db
+EOF
+    chown slurm:slurm /etc/slurm/slurmdbd.conf; chmod 600 /etc/slurm/slurmdbd.conf   # slurmdbd insists
+    /usr/sbin/slurmdbd
+    for _ in $(seq 100); do sacctmgr -n list cluster >/dev/null 2>&1 && break; sleep 0.1; done
+    # register the cluster in the accounting DB (fails harmlessly on re-run); jobs of users
+    # without an association are still recorded and shown by sacct (no AccountingStorageEnforce)
+    sacctmgr -i add cluster "$CLUSTER" >/dev/null 2>&1 || true
+    step "slurmdbd up"
+}
+
+start_slurm_daemons() {
+    local node state='' i
+    node=$(node_name)
+    if [ "${SLURM_KEEP_STATE:-0}" = 1 ]; then /usr/sbin/slurmctld; else /usr/sbin/slurmctld -c; fi
+    /usr/sbin/slurmd -N "$node"
+    for i in $(seq 150); do
+        state=$(sinfo -h -N -n "$node" -o %T 2>/dev/null || true)
+        case "$state" in
+            idle|mixed|allocated) step "slurm up: node $node $state"; return 0 ;;
+            down*|drain*|unknown*)
+                if [ "$i" -gt 10 ]; then scontrol update nodename="$node" state=resume 2>/dev/null || true; fi ;;
+        esac
+        sleep 0.2
+    done
+    echo "slurm did not come up (node state: '$state')" >&2
+    tail -20 "$LOG/slurmctld.log" "$LOG/slurmd.log" >&2
+    exit 1
+}
+
+start_slurm() {
+    stop_slurm
+    step "old slurm daemons stopped"
+    start_munge
+    write_slurm_conf
+    [ "$ACCT" = slurmdbd ] && start_slurmdbd
+    start_slurm_daemons
+}
+
+# --- commands ----------------------------------------------------------------------------------
+cmd_start() {
+    need_root start
+    case "$ACCT" in slurmdbd|none) ;; *) die "SLURM_ACCOUNTING must be slurmdbd or none" ;; esac
+    install_packages
+    setup_user
+    start_sshd
+    start_slurm
+    step "test cluster up (scripts/testcluster.sh env prints the settings)"
+}
+
+cmd_stop() {
+    need_root stop
+    stop_sshd
+    stop_slurm
+    step "stopped"
+}
+
+cmd_status() {
+    local node state acct
+    if ! ssh_test_user true 2>/dev/null; then
+        echo "down: ssh $TUSER@127.0.0.1:$PORT with $KEY failed"; return 1
+    fi
+    node=$(node_name)
+    state=$(sinfo -h -N -n "$node" -o %T 2>/dev/null || true)
+    case "$state" in
+        idle|mixed|allocated) ;;
+        *) echo "down: sshd ok but slurm node $node state '${state:-no answer}'"; return 1 ;;
+    esac
+    acct=$(scontrol show config 2>/dev/null | sed -n 's/^AccountingStorageType *= *//p')
+    echo "up: sshd $TUSER@127.0.0.1:$PORT, slurm node $node $state, accounting ${acct:-unknown}"
+}
+
+cmd_env() {
+    printf 'export CLUSTRIX_TEST_SSH_HOST=%q\n' 127.0.0.1
+    printf 'export CLUSTRIX_TEST_SSH_PORT=%q\n' "$PORT"
+    printf 'export CLUSTRIX_TEST_SSH_USER=%q\n' "$TUSER"
+    printf 'export CLUSTRIX_TEST_SSH_KEY=%q\n' "$KEY"
+    printf 'export CLUSTRIX_TEST_KNOWN_HOSTS=%q\n' "$KNOWN_HOSTS"
+}
+
+main() {
+    case "${1:-}" in
+        start) cmd_start ;;
+        stop) cmd_stop ;;
+        status) cmd_status ;;
+        env) cmd_env ;;
+        *) echo "usage: $0 start|stop|status|env" >&2; exit 2 ;;
+    esac
+}
+
+main "$@"

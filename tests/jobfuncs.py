@@ -1,0 +1,123 @@
+"""Functions the tests run as jobs.
+
+They live in their own module (not in test files) with few imports, so they pickle by value
+and run on a node that has nothing but a plain Python.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+
+def add(x: int, y: int) -> int:
+    return x + y
+
+
+def square(x: int) -> int:
+    return x * x
+
+
+def identity(x: Any) -> Any:
+    return x
+
+
+def echo_kwargs(**kwargs: Any) -> dict[str, Any]:
+    return kwargs
+
+
+def pid_of(_: object = None) -> int:
+    return os.getpid()
+
+
+def sleep_then(seconds: float, value: Any = None) -> Any:
+    time.sleep(seconds)
+    return value
+
+
+def sleep_and_touch(seconds: float, path: str) -> str:
+    """Sleep, then create ``path``: if the file exists, the job was not stopped."""
+    time.sleep(seconds)
+    with open(path, "w") as fh:
+        fh.write("finished\n")
+    return path
+
+
+def fail_if(x: int, bad: int) -> int:
+    if x == bad:
+        raise ValueError(f"bad value {x}")
+    return x
+
+
+class CustomError(Exception):
+    """A user exception class defined outside any installed package."""
+
+
+def raise_custom(message: str) -> None:
+    raise CustomError(message)
+
+
+class UnpicklableError(Exception):
+    """An exception whose constructor needs two arguments: it pickles but cannot unpickle."""
+
+    def __init__(self, a: str, b: str) -> None:
+        super().__init__(f"{a}/{b}")
+
+
+def raise_unpicklable() -> None:
+    raise UnpicklableError("first", "second")
+
+
+def die(status: int, message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+    os._exit(status)
+
+
+def kill_self(message: str) -> None:
+    import signal
+
+    print(message, file=sys.stderr, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def segfault(message: str) -> None:
+    import ctypes
+
+    print(message, file=sys.stderr, flush=True)
+    ctypes.string_at(0)
+
+
+def print_both(text: str) -> str:
+    print(f"out: {text}", flush=True)
+    print(f"err: {text}", file=sys.stderr, flush=True)
+    return text
+
+
+class Point:
+    """A user class whose instances travel as arguments and results."""
+
+    def __init__(self, x: float, y: float) -> None:
+        self.x, self.y = x, y
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Point) and (self.x, self.y) == (other.x, other.y)
+
+    def norm2(self) -> float:
+        return self.x * self.x + self.y * self.y
+
+
+def shift(p: Point, dx: float) -> Point:
+    return Point(p.x + dx, p.y)
+
+
+def make_adder(n: int) -> Any:
+    def adder(x: int) -> int:
+        return x + n
+
+    return adder
+
+
+def read_env(name: str) -> str | None:
+    return os.environ.get(name)
