@@ -149,9 +149,9 @@ class Engine:
         self._batches: list[_Batch] = []
         self._call_of: dict[ClusterFuture[Any], _Call] = {}
         self._to_cancel: set[str] = set()
+        self._finished_dirs: list[str] = []  # job dirs to delete at close (cleanup policy)
         self._background: set[asyncio.Task[Any]] = set()
         self._broken: BaseException | None = None
-        self._closed = False
         self.work_dir = self.jobs_root = self.worker_path = ""
 
     # ------------------------------------------------------------------ lifecycle
@@ -176,8 +176,10 @@ class Engine:
 
     async def close(self) -> None:
         """Finish pending cancellations and clean-ups, then close the transport."""
-        self._closed = True
         await self._flush_cancels()
+        if self._finished_dirs:
+            self._spawn(self._remove_quietly(self._finished_dirs))
+            self._finished_dirs = []
         for task in getattr(self, "_loops", []):
             task.cancel()
         pending = [t for t in self._background if t is not asyncio.current_task()]
@@ -349,7 +351,7 @@ class Engine:
                 for call in task.open_calls():
                     self._resolve(call, None, error)
             self._batches.remove(batch)
-            self._spawn(self._remove_tree_quietly(job_dir))
+            self._spawn(self._remove_quietly([job_dir]))
             self._wake_submitter.set()
             return
         for task, job_id in zip(tasks, job_ids):
@@ -568,14 +570,25 @@ class Engine:
             self._batches.remove(batch)
             policy = self.config.cleanup
             if policy == "always" or (policy == "on_success" and not batch.had_failure):
-                self._spawn(self._remove_tree_quietly(batch.job_dir))
+                # Arguments and results go now; the logs stay readable (future.stdout())
+                # until the executor shuts down.
+                self._spawn(self._remove_quietly([
+                    f"{batch.job_dir}/{_wire.TASKS_DIR}", f"{batch.job_dir}/{_wire.RESULTS_DIR}"
+                ]))
+                self._finished_dirs.append(batch.job_dir)
         self._update_idle()
 
-    async def _remove_tree_quietly(self, path: str) -> None:
-        try:
-            await self.transport.remove_tree(path)
-        except (OSError, TransportError) as exc:
-            log.info("clustrix: could not remove %s: %s", path, exc)
+    async def _remove_quietly(self, paths: list[str]) -> None:
+        """``rm -rf`` many paths with few commands; a failure is only logged."""
+        for i in range(0, len(paths), 200):
+            argv = ["rm", "-rf", "--", *paths[i : i + 200]]
+            try:
+                result = await self.transport.run(argv, timeout_s=self.config.command_timeout_s)
+            except TransportError as exc:
+                log.info("clustrix: could not remove job files: %s", exc)
+                return
+            if not result.ok:
+                log.info("clustrix: could not remove job files: %s", result.stderr.strip())
 
     def _update_idle(self) -> None:
         if not self._call_of and not self._batches and not self._held:

@@ -27,9 +27,8 @@
 #                                     set to "" for Slurm's defaults)
 #   SLURM_SCHEDULER=sched/backfill    or sched/builtin
 #   SLURM_EXTRA_CONF='SlurmdTimeout=10'   extra slurm.conf lines
-#   SLURM_KEEP_STATE=1                keep slurmctld job state across restarts (default: wipe;
-#                                     job ids then restart at 1 -- `sacct -j ID` returns the
-#                                     most recent job with that id, older ones need --duplicates)
+#   SLURM_KEEP_STATE=1                keep slurmctld job state across restarts (default: wipe:
+#                                     squeue/scontrol forget earlier jobs, sacct keeps them)
 #   SLURM_CLUSTER=testcluster
 #
 # Measured on a 2-core machine: sbatch to COMPLETED about 1 s (the slurmctld scheduling loop

@@ -40,7 +40,7 @@ def sleep_then(seconds: float, value: Any = None) -> Any:
 def sleep_and_touch(seconds: float, path: str) -> str:
     """Sleep, then create ``path``: if the file exists, the job was not stopped."""
     time.sleep(seconds)
-    with open(path, "w") as fh:
+    with open(os.path.expanduser(path), "w") as fh:
         fh.write("finished\n")
     return path
 

@@ -1,0 +1,211 @@
+"""The SLURM backend: sbatch scripts, job arrays, squeue/sacct/scontrol parsing.
+
+Pure text in, text out (the formats are pinned by outputs captured from a real SLURM 22.05
+under ``tests/data/slurm/``); :meth:`SlurmScheduler.discover` reads the cluster's limits once.
+It never knows whether its commands run locally or over SSH.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from .. import _wire
+from ..config import Resources
+from .base import JobSpec, RunCommand, Scheduler, TaskStatus, render_body
+
+__all__ = ["SlurmScheduler", "parse_exit_code", "parse_key_values"]
+
+#: Poll with ``-j <ids>`` up to this many distinct jobs; beyond, ask for all of the user's
+#: jobs (``--me``) and filter here, so the command line never grows with the job count.
+MAX_LISTED_JOBS = 300
+_SQUEUE_FORMAT = "%i|%T|%r"
+_SACCT_FIELDS = "JobID,State,ExitCode,Reason"
+_SEP = "@@clustrix-discover@@"
+
+
+def parse_exit_code(text: str) -> int | None:
+    """SLURM's ``code:signal`` as a shell-style status: the code, or 128 + signal."""
+    code, _, signal = text.strip().partition(":")
+    if not code.isdigit():
+        return None
+    if signal.isdigit() and int(signal):
+        return 128 + int(signal)
+    return int(code)
+
+
+def parse_key_values(line: str) -> dict[str, str]:
+    """``Key=Value Key2=Value2`` (``scontrol -o`` lines) as a dict."""
+    pairs = {}
+    for token in line.split():
+        key, sep, value = token.partition("=")
+        if sep:
+            pairs[key] = value
+    return pairs
+
+
+def _quote_directive(value: str) -> str:
+    # sbatch's #SBATCH parser honours double quotes around a value with spaces; the config
+    # refuses quotes and newlines in the paths that reach here.
+    return f'"{value}"' if any(c.isspace() for c in value) else value
+
+
+class SlurmScheduler(Scheduler):
+    """SLURM via sbatch / squeue / sacct (or scontrol) / scancel."""
+
+    name = "slurm"
+    supports_array_throttle = True
+
+    def __init__(self, *, use_sacct: bool | None = None) -> None:
+        self.use_sacct = use_sacct
+        self.max_array_size = 1001  # SLURM's default MaxArraySize until discover() reads it
+        self._partition_slots: dict[str, int] = {}
+        self._default_partition: str | None = None
+
+    # ------------------------------------------------------------------ discovery
+    async def discover(self, run: RunCommand) -> None:
+        """Read MaxArraySize, whether accounting runs, and partition sizes (one command)."""
+        script = f"scontrol show config; echo {_SEP}; scontrol -o show partition"
+        code, out, _ = await run(["sh", "-c", script])
+        config_text, _, partitions_text = out.partition(_SEP)
+        self.read_config(config_text)
+        self.read_partitions(partitions_text)
+
+    def read_config(self, text: str) -> None:
+        """Take MaxArraySize and AccountingStorageType from ``scontrol show config``."""
+        for line in text.splitlines():
+            key, sep, value = line.partition("=")
+            key, value = key.strip(), value.strip()
+            if not sep:
+                continue
+            if key == "MaxArraySize" and value.isdigit():
+                self.max_array_size = max(1, int(value))
+            elif key == "AccountingStorageType" and self.use_sacct is None:
+                self.use_sacct = value not in ("accounting_storage/none", "(null)", "")
+
+    def read_partitions(self, text: str) -> None:
+        """How many single-core jobs each partition runs at once (CPUs × oversubscription)."""
+        for line in text.splitlines():
+            fields = parse_key_values(line)
+            name, cpus = fields.get("PartitionName"), fields.get("TotalCPUs", "")
+            if not name or not cpus.isdigit():
+                continue
+            share = 1
+            mode, _, count = fields.get("OverSubscribe", "NO").partition(":")
+            if mode == "FORCE" and count.isdigit():
+                share = int(count)
+            self._partition_slots[name] = int(cpus) * share
+            if fields.get("Default") == "YES":
+                self._default_partition = name
+
+    def slots(self, resources: Resources) -> int | None:
+        """Jobs of ``resources`` the partition can run at once, if discovered."""
+        partition = resources.partition or self._default_partition
+        total = self._partition_slots.get(partition or "")
+        return max(1, total // resources.cores) if total else None
+
+    # ------------------------------------------------------------------ submission
+    def directives(self, spec: JobSpec) -> list[str]:
+        """The ``#SBATCH`` options of a submission, generic resources mapped to SLURM."""
+        res = spec.resources
+        logs = spec.path(_wire.LOGS_DIR)
+        task = "%a" if spec.n_tasks > 1 else "0"
+        options = [
+            f"--job-name={spec.job_name}",
+            f"--output={_quote_directive(f'{logs}/{task}.out')}",
+            f"--error={_quote_directive(f'{logs}/{task}.err')}",
+        ]
+        if spec.n_tasks > 1:
+            throttle = f"%{spec.array_throttle}" if spec.array_throttle else ""
+            options.append(f"--array=0-{spec.n_tasks - 1}{throttle}")
+        options.append(f"--cpus-per-task={res.cores}")
+        if res.mem_gb is not None:
+            options.append(f"--mem={math.ceil(res.mem_gb * 1024)}M")
+        if res.time_limit_min is not None:
+            options.append(f"--time={res.time_limit_min}")
+        for flag, value in (("partition", res.partition), ("account", res.account),
+                            ("qos", res.qos)):
+            if value:
+                options.append(f"--{flag}={value}")
+        if res.gpus:
+            options.append(f"--gpus={res.gpus}")
+        for extra in res.extra_directives:
+            options.append(extra.strip().removeprefix("#SBATCH").strip())
+        return options
+
+    def render_script(self, spec: JobSpec) -> str:
+        """The sbatch script: directives, then the common body."""
+        lines = ["#!/bin/bash"] + [f"#SBATCH {option}" for option in self.directives(spec)]
+        return "\n".join(lines) + "\n" + render_body(spec, '"${SLURM_ARRAY_TASK_ID:-0}"')
+
+    def submit_argv(self, spec: JobSpec, script_path: str) -> list[str]:
+        """``sbatch --parsable script``."""
+        return ["sbatch", "--parsable", script_path]
+
+    def parse_submit(self, spec: JobSpec, stdout: str) -> list[str]:
+        """``12345`` or ``12345;cluster`` → the job ID, or one ``12345_<i>`` per array task."""
+        first = stdout.strip().splitlines()[-1] if stdout.strip() else ""
+        base = first.split(";")[0].strip()
+        if not base.isdigit():
+            raise ValueError(f"sbatch printed no job ID: {stdout!r}")
+        if spec.n_tasks == 1:
+            return [base]
+        return [f"{base}_{i}" for i in range(spec.n_tasks)]
+
+    # ------------------------------------------------------------------ status
+    def status_argv(self, job_ids: Sequence[str]) -> list[str]:
+        """One ``squeue`` for every job, finished ones included (``-t all``)."""
+        bases = sorted({job_id.split("_")[0] for job_id in job_ids}, key=int)
+        argv = ["squeue", "-h", "-t", "all", "-r", "-o", _SQUEUE_FORMAT]
+        if len(bases) <= MAX_LISTED_JOBS:
+            return [*argv, "-j", ",".join(bases)]
+        return [*argv, "--me"]
+
+    def status_ok_anyway(self, output: str) -> bool:
+        """``squeue -j <one id>`` fails once the job has left slurmctld's memory."""
+        return "Invalid job id specified" in output
+
+    def parse_status(self, stdout: str) -> dict[str, TaskStatus]:
+        """``id|STATE|reason`` lines."""
+        states: dict[str, TaskStatus] = {}
+        for line in stdout.splitlines():
+            parts = line.strip().split("|")
+            if len(parts) == 3 and parts[0][:1].isdigit() and parts[1].isupper():
+                states[parts[0]] = TaskStatus(parts[0], parts[1], reason=parts[2])
+        return states
+
+    def cancel_argv(self, job_ids: Sequence[str]) -> list[str]:
+        """One ``scancel`` for all of them (array tasks by ``base_index``)."""
+        return ["scancel", *job_ids]
+
+    def detail_argv(self, job_ids: Sequence[str]) -> list[str] | None:
+        """``sacct`` where accounting runs, else ``scontrol show job`` per array/job."""
+        if self.use_sacct:
+            return ["sacct", "-X", "-n", "-P", "-o", _SACCT_FIELDS, "-j", ",".join(job_ids)]
+        bases = sorted({job_id.split("_")[0] for job_id in job_ids}, key=int)
+        loop = 'for j in "$@"; do scontrol -o show job "$j"; done; exit 0'
+        return ["sh", "-c", loop, "clustrix-detail", *bases]
+
+    def parse_detail(self, stdout: str) -> dict[str, TaskStatus]:
+        """Final states from sacct's ``JobID|State|ExitCode|Reason`` or scontrol lines."""
+        states: dict[str, TaskStatus] = {}
+        for line in stdout.splitlines():
+            if line.startswith("JobId="):
+                fields = parse_key_values(line)
+                job_id = fields["JobId"]
+                if fields.get("ArrayTaskId", "N/A") not in ("N/A", ""):
+                    job_id = f"{fields.get('ArrayJobId', job_id)}_{fields['ArrayTaskId']}"
+                state, exit_text, reason = (
+                    fields.get("JobState", ""), fields.get("ExitCode", ""), fields.get("Reason", "")
+                )
+            else:
+                parts = line.strip().split("|")
+                if len(parts) != 4 or not parts[0][:1].isdigit():
+                    continue
+                job_id, state, exit_text, reason = parts
+            state = state.split()[0] if state else ""  # "CANCELLED by 1001"
+            states[job_id] = TaskStatus(
+                job_id, state, reason="" if reason == "None" else reason,
+                exit_code=parse_exit_code(exit_text),
+            )
+        return states
