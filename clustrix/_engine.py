@@ -15,11 +15,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import pickle
-import posixpath
 import secrets
 import uuid
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,11 +80,16 @@ class Task:
 
     @classmethod
     def of(
-        cls, futures: Sequence[ClusterFuture[Any]], payloads: Sequence[bytes],
-        resources: Resources, job_name: str,
+        cls,
+        futures: Sequence[ClusterFuture[Any]],
+        payloads: Sequence[bytes],
+        resources: Resources,
+        job_name: str,
     ) -> Task:
         """A task running ``payloads`` and resolving ``futures`` (same order)."""
-        task = cls([_Call(f, p) for f, p in zip(futures, payloads)], resources, job_name)
+        task = cls(
+            [_Call(f, p) for f, p in zip(futures, payloads, strict=True)], resources, job_name
+        )
         for call in task.calls:
             call.task = task
         return task
@@ -186,8 +190,8 @@ class Engine:
         await asyncio.gather(*pending, return_exceptions=True)
         await self.transport.close()
 
-    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
-        task = asyncio.ensure_future(coro)
+    def _spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         return task
@@ -354,7 +358,7 @@ class Engine:
             self._spawn(self._remove_quietly([job_dir]))
             self._wake_submitter.set()
             return
-        for task, job_id in zip(tasks, job_ids):
+        for task, job_id in zip(tasks, job_ids, strict=True):
             task.job_id = job_id
             for call in task.open_calls():
                 assert call.future is not None
@@ -487,7 +491,7 @@ class Engine:
                 return await self.transport.read_bytes(self._result_path(call.task.batch, call))
 
         datas = await asyncio.gather(*(fetch(c) for c in calls), return_exceptions=True)
-        for call, data in zip(calls, datas):
+        for call, data in zip(calls, datas, strict=True):
             if call.resolved:
                 continue  # cancelled or killed meanwhile
             if isinstance(data, BaseException):
@@ -508,7 +512,9 @@ class Engine:
 
     async def _fail_ended(self, ended: list[tuple[Task, TaskStatus | None, int | None]]) -> None:
         """Fail the calls of jobs that ended without writing their results."""
-        unknown = [t.job_id for t, s, _ in ended if t.job_id and (s is None or s.state not in ENDED_STATES)]
+        unknown = [
+            t.job_id for t, s, _ in ended if t.job_id and (s is None or s.state not in ENDED_STATES)
+        ]
         details: dict[str, TaskStatus] = {}
         argv = self.scheduler.detail_argv(unknown) if unknown else None
         if argv:
@@ -528,7 +534,7 @@ class Engine:
             return data.decode(errors="replace")
 
         tails = await asyncio.gather(*(tail(t) for t, _, _ in ended))
-        for (task, status, exit_code), stderr_tail in zip(ended, tails):
+        for (task, status, exit_code), stderr_tail in zip(ended, tails, strict=True):
             detail = details.get(task.job_id or "")
             final = status if status is not None and status.state in ENDED_STATES else detail
             if exit_code is None and final is not None:
@@ -542,15 +548,22 @@ class Engine:
             error: JobFailedError
             if not state:
                 error = JobLostError(
-                    task.job_id, "UNKNOWN", stderr_tail=stderr_tail,
+                    task.job_id,
+                    "UNKNOWN",
+                    stderr_tail=stderr_tail,
                     reason="the job left the scheduler without a result or an exit status",
                 )
             else:
-                reason = "the worker exited before writing this call's result" if (
-                    exit_code == 0
-                ) else (final.reason if final is not None else "")
+                reason = (
+                    "the worker exited before writing this call's result"
+                    if (exit_code == 0)
+                    else (final.reason if final is not None else "")
+                )
                 error = JobFailedError(
-                    task.job_id, state, exit_code=exit_code, stderr_tail=stderr_tail,
+                    task.job_id,
+                    state,
+                    exit_code=exit_code,
+                    stderr_tail=stderr_tail,
                     reason=reason,
                 )
             for call in task.open_calls():
@@ -572,9 +585,14 @@ class Engine:
             if policy == "always" or (policy == "on_success" and not batch.had_failure):
                 # Arguments and results go now; the logs stay readable (future.stdout())
                 # until the executor shuts down.
-                self._spawn(self._remove_quietly([
-                    f"{batch.job_dir}/{_wire.TASKS_DIR}", f"{batch.job_dir}/{_wire.RESULTS_DIR}"
-                ]))
+                self._spawn(
+                    self._remove_quietly(
+                        [
+                            f"{batch.job_dir}/{_wire.TASKS_DIR}",
+                            f"{batch.job_dir}/{_wire.RESULTS_DIR}",
+                        ]
+                    )
+                )
                 self._finished_dirs.append(batch.job_dir)
         self._update_idle()
 

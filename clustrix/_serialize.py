@@ -58,9 +58,10 @@ def dumps_call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
     for value in (*args, *kwargs.values()):
         _ship_by_value(value)
     try:
-        return cloudpickle.dumps((fn, args, kwargs), protocol=5)
+        payload: bytes = cloudpickle.dumps((fn, args, kwargs), protocol=5)
     except Exception as exc:
         raise _pinpoint(fn, args, kwargs, exc) from exc
+    return payload
 
 
 def _pinpoint(

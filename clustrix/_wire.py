@@ -17,6 +17,7 @@ This module is imported by the worker on the compute node: standard library only
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
@@ -80,8 +81,6 @@ def write_atomic(path: str, data: bytes, mode: int = 0o600) -> None:
             fh.write(data)
         os.replace(tmp, path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp)
-        except OSError:
-            pass
         raise

@@ -14,6 +14,7 @@ import difflib
 import json
 import os
 import re
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -235,9 +236,9 @@ def read_config_file(path: Path) -> dict[str, Any]:
     suffix = path.suffix.lower()
     try:
         if suffix == ".toml":
-            try:
+            if sys.version_info >= (3, 11):
                 import tomllib
-            except ModuleNotFoundError:  # Python 3.10
+            else:  # pragma: no cover
                 import tomli as tomllib
             data: Any = tomllib.loads(text)
         elif suffix in (".yml", ".yaml"):
@@ -322,7 +323,9 @@ def format_validation_error(model: type[BaseModel], exc: ValidationError) -> str
         field = ".".join(str(part) for part in err["loc"]) or "(root)"
         if err["type"] == "extra_forbidden":
             hint = _suggest(str(err["loc"][0]), model.model_fields)
-            lines.append(f"  {field}: unknown field{hint}; allowed: {', '.join(model.model_fields)}")
+            lines.append(
+                f"  {field}: unknown field{hint}; allowed: {', '.join(model.model_fields)}"
+            )
             continue
         shown = "***" if err["loc"] and err["loc"][0] in _SECRET_FIELDS else repr(err.get("input"))
         message = err["msg"].removeprefix("Value error, ")

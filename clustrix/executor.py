@@ -129,7 +129,8 @@ class _Submitter:
         if chunksize is not None and chunksize < 1:
             raise ValueError(f"chunksize must be >= 1 (or None for automatic), got {chunksize}")
         deadline = None if timeout is None else time.monotonic() + timeout
-        payloads = [dumps_call(fn, args, {}) for args in zip(*iterables)]
+        # zip stops at the shortest iterable, as the builtin map does
+        payloads = [dumps_call(fn, args, {}) for args in zip(*iterables)]  # noqa: B905
         futures = self._executor._enqueue(fn, payloads, chunksize, self._resources)
         return _results_in_order(futures, deadline)
 
@@ -144,9 +145,7 @@ class _Submitter:
         return ExecutorView(self._executor, self._executor.config.resources(**merged))
 
 
-def _results_in_order(
-    futures: list[ClusterFuture[T]], deadline: float | None
-) -> Iterator[T]:
+def _results_in_order(futures: list[ClusterFuture[T]], deadline: float | None) -> Iterator[T]:
     # As in CPython's Executor.map: pop from a reversed list so each yielded result is
     # referenced only by the consumer, and cancel what is left however the loop ends.
     futures.reverse()
@@ -233,7 +232,9 @@ class ClusterExecutor(_Submitter, Executor):
                 ) from self._engine.broken
             futures = [ClusterFuture[Any](self._engine, next(self._next_call)) for _ in payloads]
             tasks = [
-                Task.of(futures[i : i + chunksize], payloads[i : i + chunksize], resources, job_name)
+                Task.of(
+                    futures[i : i + chunksize], payloads[i : i + chunksize], resources, job_name
+                )
                 for i in range(0, len(payloads), chunksize)
             ]
             if tasks:

@@ -41,13 +41,9 @@ def poll_script(status_argv: Sequence[str] | None, job_dirs: Sequence[str], jobs
     else:
         roots, depth = shlex.quote(jobs_root), 3
     find = f"find {roots} -mindepth {depth} -maxdepth {depth}"
-    lines.append(
-        f"{find} -path '*/{_wire.EXIT_DIR}/[0-9]*' -exec grep -H '' {{}} + 2>/dev/null"
-    )
+    lines.append(f"{find} -path '*/{_wire.EXIT_DIR}/[0-9]*' -exec grep -H '' {{}} + 2>/dev/null")
     lines.append(f'echo "{MARK}"')
-    lines.append(
-        f"{find} -path '*/{_wire.RESULTS_DIR}/*{_wire.SUFFIX}' ! -name '.*' 2>/dev/null"
-    )
+    lines.append(f"{find} -path '*/{_wire.RESULTS_DIR}/*{_wire.SUFFIX}' ! -name '.*' 2>/dev/null")
     lines.append("exit 0")
     return "\n".join(lines)
 

@@ -80,7 +80,9 @@ def run_task(job_dir: str, task_index: int) -> int:
         with open(task_path, "rb") as fh:
             calls = pickle.loads(_wire.unseal(secret, fh.read()))
     except (OSError, ValueError, pickle.UnpicklingError) as exc:
-        print(f"clustrix worker: cannot read task {task_index} in {job_dir}: {exc}", file=sys.stderr)
+        print(
+            f"clustrix worker: cannot read task {task_index} in {job_dir}: {exc}", file=sys.stderr
+        )
         return EXIT_BAD_TASK
     results_dir = os.path.join(job_dir, _wire.RESULTS_DIR)
     for call_index, payload in calls:

@@ -104,14 +104,10 @@ def backend_config(backend: str, tmp_path: Path, **overrides: Any) -> ClusterCon
         return ClusterConfig(remote_work_dir=str(tmp_path / "work"), **fast)
     if backend == "slurm-local":
         require_cluster(ssh=False, slurm=True)
-        return ClusterConfig(
-            cluster_type="slurm", remote_work_dir=str(tmp_path / "work"), **fast
-        )
+        return ClusterConfig(cluster_type="slurm", remote_work_dir=str(tmp_path / "work"), **fast)
     if backend == "slurm-ssh":
         cluster = require_cluster(ssh=True, slurm=False)
-        return cluster.ssh_config(
-            cluster_type="slurm", remote_work_dir="~/.clustrix-tests", **fast
-        )
+        return cluster.ssh_config(cluster_type="slurm", remote_work_dir="~/.clustrix-tests", **fast)
     raise ValueError(backend)
 
 
@@ -121,9 +117,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def make_executor(
-    backend: str, tmp_path: Path
-) -> Iterator[Callable[..., ClusterExecutor]]:
+def make_executor(backend: str, tmp_path: Path) -> Iterator[Callable[..., ClusterExecutor]]:
     """Build executors for the current backend; each is shut down after the test."""
     created: list[ClusterExecutor] = []
 

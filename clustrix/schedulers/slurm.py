@@ -66,7 +66,7 @@ class SlurmScheduler(Scheduler):
     async def discover(self, run: RunCommand) -> None:
         """Read MaxArraySize, whether accounting runs, and partition sizes (one command)."""
         script = f"scontrol show config; echo {_SEP}; scontrol -o show partition"
-        code, out, _ = await run(["sh", "-c", script])
+        _, out, _ = await run(["sh", "-c", script])
         config_text, _, partitions_text = out.partition(_SEP)
         self.read_config(config_text)
         self.read_partitions(partitions_text)
@@ -84,7 +84,7 @@ class SlurmScheduler(Scheduler):
                 self.use_sacct = value not in ("accounting_storage/none", "(null)", "")
 
     def read_partitions(self, text: str) -> None:
-        """How many single-core jobs each partition runs at once (CPUs × oversubscription)."""
+        """How many single-core jobs each partition runs at once (CPUs x oversubscription)."""
         for line in text.splitlines():
             fields = parse_key_values(line)
             name, cpus = fields.get("PartitionName"), fields.get("TotalCPUs", "")
@@ -123,8 +123,11 @@ class SlurmScheduler(Scheduler):
             options.append(f"--mem={math.ceil(res.mem_gb * 1024)}M")
         if res.time_limit_min is not None:
             options.append(f"--time={res.time_limit_min}")
-        for flag, value in (("partition", res.partition), ("account", res.account),
-                            ("qos", res.qos)):
+        for flag, value in (
+            ("partition", res.partition),
+            ("account", res.account),
+            ("qos", res.qos),
+        ):
             if value:
                 options.append(f"--{flag}={value}")
         if res.gpus:
@@ -196,7 +199,9 @@ class SlurmScheduler(Scheduler):
                 if fields.get("ArrayTaskId", "N/A") not in ("N/A", ""):
                     job_id = f"{fields.get('ArrayJobId', job_id)}_{fields['ArrayTaskId']}"
                 state, exit_text, reason = (
-                    fields.get("JobState", ""), fields.get("ExitCode", ""), fields.get("Reason", "")
+                    fields.get("JobState", ""),
+                    fields.get("ExitCode", ""),
+                    fields.get("Reason", ""),
                 )
             else:
                 parts = line.strip().split("|")
@@ -205,7 +210,9 @@ class SlurmScheduler(Scheduler):
                 job_id, state, exit_text, reason = parts
             state = state.split()[0] if state else ""  # "CANCELLED by 1001"
             states[job_id] = TaskStatus(
-                job_id, state, reason="" if reason == "None" else reason,
+                job_id,
+                state,
+                reason="" if reason == "None" else reason,
                 exit_code=parse_exit_code(exit_text),
             )
         return states

@@ -7,6 +7,7 @@ Used by the ``local`` backend and by scheduler backends run on a login node (no
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -50,10 +51,8 @@ class LocalTransport(Transport):
         try:
             out, err = await asyncio.wait_for(proc.communicate(stdin), timeout_s)
         except asyncio.TimeoutError:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             await proc.wait()
             raise CommandTimeoutError(
                 f"command {args[0]!r} did not finish within {timeout_s} s"
@@ -97,7 +96,5 @@ class LocalTransport(Transport):
 
     async def remove_tree(self, path: str) -> None:
         """``shutil.rmtree``, ignoring a missing tree."""
-        try:
+        with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(await self.expand(path))
-        except FileNotFoundError:
-            pass

@@ -42,7 +42,7 @@ def test_any_keyword_name_reaches_the_function(executor: ClusterExecutor) -> Non
 
 def test_map_returns_results_in_input_order(executor: ClusterExecutor) -> None:
     assert list(executor.map(jf.add, range(20), range(100, 120))) == [
-        x + y for x, y in zip(range(20), range(100, 120))
+        x + y for x, y in zip(range(20), range(100, 120), strict=True)
     ]
 
 
@@ -173,7 +173,12 @@ def test_context_manager_waits_for_results(make_executor: MakeExecutor) -> None:
 def test_as_completed_and_wait(executor: ClusterExecutor) -> None:
     futures = [executor.submit(jf.square, i) for i in range(6)]
     assert sorted(f.result() for f in cf.as_completed(futures, timeout=120)) == [
-        0, 1, 4, 9, 16, 25,
+        0,
+        1,
+        4,
+        9,
+        16,
+        25,
     ]
     bad = executor.submit(jf.fail_if, 1, 1)
     slow = executor.submit(jf.sleep_then, 20, None)
@@ -252,7 +257,7 @@ def test_lambdas_closures_and_user_classes_travel(executor: ClusterExecutor) -> 
 
 def test_unserializable_argument_fails_at_submit(executor: ClusterExecutor) -> None:
     lock = threading.Lock()
-    with pytest.raises(SerializationError, match="positional argument 0.*lock"):
+    with pytest.raises(SerializationError, match=r"positional argument 0.*lock"):
         executor.submit(jf.identity, lock)
     with pytest.raises(SerializationError, match="keyword argument 'data'"):
         executor.submit(jf.echo_kwargs, data=lock)
