@@ -15,9 +15,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import pickle
+import posixpath
 import secrets
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,7 +41,7 @@ from .errors import (
 from .future import ClusterFuture
 from .monitor import Backoff, parse_poll_output, poll_script
 from .schedulers.base import ENDED_STATES, RUNNING_STATES, JobSpec, Scheduler, TaskStatus
-from .transports.base import Transport
+from .transports.base import CommandResult, Transport
 
 __all__ = ["Engine", "Task"]
 
@@ -154,6 +155,8 @@ class Engine:
         self._call_of: dict[ClusterFuture[Any], _Call] = {}
         self._to_cancel: set[str] = set()
         self._finished_dirs: list[str] = []  # job dirs to delete at close (cleanup policy)
+        #: Counters: ``poll_cycles`` and ``commands.<program>`` run on the cluster.
+        self.stats: Counter[str] = Counter()
         self._background: set[asyncio.Task[Any]] = set()
         self._broken: BaseException | None = None
         self.work_dir = self.jobs_root = self.worker_path = ""
@@ -196,8 +199,16 @@ class Engine:
         task.add_done_callback(self._background.discard)
         return task
 
+    async def _run(self, argv: Sequence[str], counts_as: str | None = None) -> CommandResult:
+        """Run a command on the cluster, counting it (by program) in :attr:`stats`."""
+        name = counts_as or posixpath.basename(argv[0])
+        if name == "sh" and len(argv) > 3:
+            name = f"sh:{argv[3]}"  # sh -c <script> <name> ...: the script's own label
+        self.stats[f"commands.{name}"] += 1
+        return await self.transport.run(argv, timeout_s=self.config.command_timeout_s)
+
     async def _run_scheduler_command(self, argv: Sequence[str]) -> tuple[int, str, str]:
-        result = await self.transport.run(argv, timeout_s=self.config.command_timeout_s)
+        result = await self._run(argv)
         return result.returncode, result.stdout, result.stderr
 
     # ------------------------------------------------------------------ thread-safe doors
@@ -336,7 +347,7 @@ class Engine:
             await self._upload(batch, spec)
             script_path = spec.path(_wire.SCRIPT_FILE)
             argv = self.scheduler.submit_argv(spec, script_path)
-            result = await self.transport.run(argv, timeout_s=self.config.command_timeout_s)
+            result = await self._run(argv)
             if not result.ok:
                 raise SubmissionError(
                     f"{argv[0]} refused the job (exit status {result.returncode}): "
@@ -430,12 +441,10 @@ class Engine:
         if not tasks:
             return False
         job_ids = [t.job_id for t in tasks if t.job_id]
-        script = poll_script(
-            self.scheduler.status_argv(job_ids), [b.job_dir for b in batches], self.jobs_root
-        )
-        result = await self.transport.run(
-            ["sh", "-c", script], timeout_s=self.config.command_timeout_s
-        )
+        status_argv = self.scheduler.status_argv(job_ids)
+        script = poll_script(status_argv, [b.job_dir for b in batches], self.jobs_root)
+        self.stats["poll_cycles"] += 1
+        result = await self._run(["sh", "-c", script], counts_as=status_argv[0])
         seen = parse_poll_output(result.stdout)
         status_ok = seen.status_ok or self.scheduler.status_ok_anyway(seen.status_text)
         statuses = self.scheduler.parse_status(seen.status_text) if status_ok else {}
@@ -519,7 +528,7 @@ class Engine:
         argv = self.scheduler.detail_argv(unknown) if unknown else None
         if argv:
             try:
-                result = await self.transport.run(argv, timeout_s=self.config.command_timeout_s)
+                result = await self._run(argv)
                 details = self.scheduler.parse_detail(result.stdout)
             except TransportError as exc:
                 log.warning("clustrix: cannot read final job states: %s", exc)
@@ -601,7 +610,7 @@ class Engine:
         for i in range(0, len(paths), 200):
             argv = ["rm", "-rf", "--", *paths[i : i + 200]]
             try:
-                result = await self.transport.run(argv, timeout_s=self.config.command_timeout_s)
+                result = await self._run(argv)
             except TransportError as exc:
                 log.info("clustrix: could not remove job files: %s", exc)
                 return
@@ -679,7 +688,7 @@ class Engine:
         self._to_cancel.clear()
         argv = self.scheduler.cancel_argv(job_ids)
         try:
-            result = await self.transport.run(argv, timeout_s=self.config.command_timeout_s)
+            result = await self._run(argv)
         except TransportError as exc:
             log.warning("clustrix: could not cancel jobs %s: %s", job_ids, exc)
             return
@@ -694,7 +703,7 @@ class Engine:
         if task.job_id is None:
             return future.cancel()
         argv = self.scheduler.cancel_argv([task.job_id])
-        await self.transport.run(argv, timeout_s=self.config.command_timeout_s)
+        await self._run(argv)
         error = JobFailedError(task.job_id, "CANCELLED", reason="stopped by kill()")
         for other in task.open_calls():
             self._resolve(other, None, error)

@@ -212,6 +212,21 @@ class ClusterExecutor(_Submitter, Executor):
         """At most this many jobs are in flight at once (None: the cluster's own limit)."""
         return self._engine.max_workers
 
+    def stats(self) -> dict[str, int]:
+        """Counters of what the executor did on the cluster.
+
+        ``poll_cycles`` (status round trips), ``commands.<program>`` (e.g.
+        ``commands.sbatch``, ``commands.squeue``: one per poll cycle, whatever the number of
+        jobs), so the cost of a workload can be checked, not guessed.
+        """
+        if not self._loop.running:
+            return dict(self._engine.stats)
+
+        async def snapshot() -> dict[str, int]:
+            return dict(self._engine.stats)
+
+        return self._loop.run(snapshot())
+
     def _enqueue(
         self,
         fn: Callable[..., Any],

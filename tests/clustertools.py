@@ -1,0 +1,110 @@
+"""The backends the tests run against, and the real test cluster they need.
+
+The cluster backends need the test cluster that ``scripts/testcluster.sh start`` installs and
+starts (sshd on 127.0.0.1:2222 for user ``clustrix``, single-node SLURM). Without it their
+tests skip, saying how to start it; with ``CI=true`` a missing cluster fails the run instead.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from clustrix import ClusterConfig
+
+START_HINT = "start the test cluster with: sudo scripts/testcluster.sh start"
+
+
+@dataclass(frozen=True)
+class TestCluster:
+    """Where the test cluster's sshd listens and how to log in."""
+
+    host: str
+    port: int
+    user: str
+    key_file: Path
+    known_hosts: Path
+
+    def ssh_config(self, **overrides: Any) -> ClusterConfig:
+        base: dict[str, Any] = dict(
+            cluster_host=self.host,
+            cluster_port=self.port,
+            username=self.user,
+            key_file=self.key_file,
+            known_hosts=self.known_hosts,
+        )
+        base.update(overrides)
+        return ClusterConfig(**base)
+
+
+def test_cluster() -> TestCluster:
+    state = Path(os.environ.get("CLUSTRIX_TEST_STATE", "/tmp/clustrix-testcluster"))
+    return TestCluster(
+        host=os.environ.get("CLUSTRIX_TEST_SSH_HOST", "127.0.0.1"),
+        port=int(os.environ.get("CLUSTRIX_TEST_SSH_PORT", "2222")),
+        user=os.environ.get("CLUSTRIX_TEST_SSH_USER", "clustrix"),
+        key_file=Path(os.environ.get("CLUSTRIX_TEST_SSH_KEY", state / "keys" / "id_ed25519")),
+        known_hosts=Path(
+            os.environ.get("CLUSTRIX_TEST_KNOWN_HOSTS", state / "keys" / "known_hosts")
+        ),
+    )
+
+
+test_cluster.__test__ = False  # type: ignore[attr-defined]
+TestCluster.__test__ = False  # type: ignore[attr-defined]
+
+
+def _cluster_problem(need_ssh: bool, need_slurm: bool) -> str | None:
+    cluster = test_cluster()
+    if need_ssh:
+        if not cluster.key_file.exists():
+            return f"no SSH key at {cluster.key_file}"
+        try:
+            socket.create_connection((cluster.host, cluster.port), timeout=2).close()
+        except OSError as exc:
+            return f"no sshd on {cluster.host}:{cluster.port} ({exc})"
+    if need_slurm and shutil.which("sbatch") is None:
+        return "no SLURM client (sbatch) on this machine"
+    return None
+
+
+def require_cluster(*, ssh: bool = True, slurm: bool = True) -> TestCluster:
+    """The test cluster, or skip (fail under CI=true) saying how to start it."""
+    problem = _cluster_problem(ssh, slurm)
+    if problem is not None:
+        message = f"test cluster not available: {problem}; {START_HINT}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message + " (CI=true: the cluster tests must run)")
+        pytest.skip(message)
+    return test_cluster()
+
+
+#: Backends the contract runs against; a new backend joins by adding one entry here and
+#: one branch in ``backend_config``.
+BACKENDS = [
+    pytest.param("local", id="local"),
+    pytest.param("slurm-local", id="slurm-local", marks=pytest.mark.cluster),
+    pytest.param("slurm-ssh", id="slurm-ssh", marks=pytest.mark.cluster),
+]
+
+
+def backend_config(backend: str, tmp_path: Path, **overrides: Any) -> ClusterConfig:
+    """A config for ``backend`` that keeps its files under ``tmp_path`` (or the test user's
+    home for SSH), with fast polling for tests."""
+    fast: dict[str, Any] = {"poll_interval_min_s": 0.05, "poll_interval_max_s": 0.5}
+    fast.update(overrides)
+    if backend == "local":
+        return ClusterConfig(remote_work_dir=str(tmp_path / "work"), **fast)
+    if backend == "slurm-local":
+        require_cluster(ssh=False, slurm=True)
+        return ClusterConfig(cluster_type="slurm", remote_work_dir=str(tmp_path / "work"), **fast)
+    if backend == "slurm-ssh":
+        cluster = require_cluster(ssh=True, slurm=False)
+        return cluster.ssh_config(cluster_type="slurm", remote_work_dir="~/.clustrix-tests", **fast)
+    raise ValueError(backend)

@@ -1,0 +1,173 @@
+"""SLURM specifics against the real test cluster: arrays, throttling, accounting paths,
+jobs that die behind clustrix's back, and the one-status-command-per-cycle rule."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jobfuncs as jf
+import pytest
+from clustertools import backend_config
+
+from clustrix import ClusterExecutor, JobFailedError, SubmissionError
+
+pytestmark = pytest.mark.cluster
+
+SLURM_BACKENDS = ["slurm-local", "slurm-ssh"]
+
+
+@pytest.fixture(params=SLURM_BACKENDS)
+def make_slurm(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Callable[..., ClusterExecutor]]:
+    created: list[ClusterExecutor] = []
+
+    def make(**overrides: Any) -> ClusterExecutor:
+        executor = ClusterExecutor(backend_config(request.param, tmp_path, **overrides))
+        created.append(executor)
+        return executor
+
+    yield make
+    for executor in created:
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+def wait_running(future: Any, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not future.running() and not future.done() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert future.running(), future
+
+
+def scancel_as_root(job_id: str) -> None:
+    """Cancel a job behind clustrix's back, as an administrator (or the user) would."""
+    subprocess.run(["scancel", job_id], check=True)
+
+
+def test_a_burst_of_submits_becomes_one_job_array(
+    make_slurm: Callable[..., ClusterExecutor],
+) -> None:
+    executor = make_slurm()
+    futures = [executor.submit(jf.square, i) for i in range(10)]
+    assert [f.result(timeout=120) for f in futures] == [i * i for i in range(10)]
+    bases = {f.job_id.split("_")[0] for f in futures if f.job_id}
+    assert len(bases) == 1
+    base = bases.pop()
+    assert sorted(f.job_id or "" for f in futures) == sorted(f"{base}_{i}" for i in range(10))
+    stats = executor.stats()
+    assert stats["commands.sbatch"] == 1
+
+
+def test_one_status_command_per_poll_cycle(make_slurm: Callable[..., ClusterExecutor]) -> None:
+    executor = make_slurm()
+    assert list(executor.map(jf.square, range(60), chunksize=1)) == [i * i for i in range(60)]
+    stats = executor.stats()
+    assert stats["commands.sbatch"] == 1
+    assert stats["poll_cycles"] >= 1
+    assert stats["commands.squeue"] == stats["poll_cycles"]
+
+
+def test_default_chunking_uses_the_partition_slots(
+    make_slurm: Callable[..., ClusterExecutor],
+) -> None:
+    executor = make_slurm()
+    pids = list(executor.map(jf.pid_of, range(200)))
+    assert len(pids) == 200
+    # 2 CPUs x OverSubscribe=FORCE:8 = 16 slots: at most 16 jobs, 13 calls each
+    assert 1 < len(set(pids)) <= 16
+
+
+def test_max_workers_throttles_and_holds_back(make_slurm: Callable[..., ClusterExecutor]) -> None:
+    executor = make_slurm(max_workers=2)
+    spans = list(executor.map(_timed_sleep, [1.0] * 6, chunksize=1))
+    events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    running = peak = 0
+    for _, delta in events:
+        running += delta
+        peak = max(peak, running)
+    assert peak <= 2
+    # held-back calls are PENDING futures that cancel() still takes back
+    blocker = executor.submit(jf.sleep_then, 3, "x")
+    more = [executor.submit(jf.sleep_then, 3, i) for i in range(4)]
+    assert all(f.job_id is None or not f.running() for f in more)
+    assert sum(f.cancel() for f in more) >= 2
+    assert blocker.result(timeout=120) == "x"
+
+
+def _timed_sleep(seconds: float) -> tuple[float, float]:
+    import time
+
+    start = time.time()
+    time.sleep(seconds)
+    return start, time.time()
+
+
+def test_arrays_are_split_at_max_array_size(make_slurm: Callable[..., ClusterExecutor]) -> None:
+    executor = make_slurm()
+    executor._engine.scheduler.max_array_size = 4  # as if the cluster said MaxArraySize=4
+    futures = [executor.submit(jf.square, i) for i in range(10)]
+    assert [f.result(timeout=120) for f in futures] == [i * i for i in range(10)]
+    bases = {f.job_id.split("_")[0] for f in futures if f.job_id}
+    assert len(bases) == 3
+    assert executor.stats()["commands.sbatch"] == 3
+
+
+@pytest.mark.parametrize("use_sacct", [True, False], ids=["sacct", "scontrol"])
+def test_job_cancelled_behind_our_back_fails_with_slurm_state(
+    make_slurm: Callable[..., ClusterExecutor], use_sacct: bool
+) -> None:
+    executor = make_slurm(slurm_use_sacct=use_sacct)
+    future = executor.submit(jf.sleep_then, 60, None)
+    wait_running(future)
+    assert future.job_id
+    scancel_as_root(future.job_id)
+    with pytest.raises(JobFailedError) as info:
+        future.result(timeout=60)
+    assert info.value.state == "CANCELLED"
+    assert info.value.job_id == future.job_id
+    assert future.job_id in str(info.value)
+
+
+def test_shutdown_cancels_queued_jobs_with_one_scancel(
+    make_slurm: Callable[..., ClusterExecutor],
+) -> None:
+    executor = make_slurm()
+    futures = [executor.submit(jf.sleep_then, 4, i) for i in range(24)]  # 16 slots: 8 wait
+    wait_running(futures[0])
+    time.sleep(1.5)  # let SLURM start what fits
+    executor.shutdown(wait=True, cancel_futures=True)
+    cancelled = [f for f in futures if f.cancelled()]
+    finished = [f for f in futures if not f.cancelled()]
+    assert cancelled, "some array tasks should still have been pending"
+    assert all(f.result() == futures.index(f) for f in finished)
+    assert executor.stats()["commands.scancel"] == 1
+
+
+def test_invalid_partition_is_a_submission_error(
+    make_slurm: Callable[..., ClusterExecutor],
+) -> None:
+    executor = make_slurm()
+    future = executor.options(partition="nosuchpart").submit(jf.square, 3)
+    with pytest.raises(SubmissionError, match="Invalid partition name") as info:
+        future.result(timeout=60)
+    assert "nosuchpart" in info.value.stderr
+    assert executor.submit(jf.square, 3).result(timeout=120) == 9
+
+
+def test_resources_reach_the_job(make_slurm: Callable[..., ClusterExecutor]) -> None:
+    executor = make_slurm(environment_variables={"CLUSTRIX_PROBE": "a b'c\"$d"})
+    env = executor.options(cores=2, job_name="probe job").submit(_slurm_env).result(timeout=120)
+    assert env["SLURM_CPUS_PER_TASK"] == "2"
+    assert env["SLURM_JOB_NAME"] == "probe_job"
+    assert env["CLUSTRIX_PROBE"] == "a b'c\"$d"
+
+
+def _slurm_env() -> dict[str, str | None]:
+    import os
+
+    names = ("SLURM_CPUS_PER_TASK", "SLURM_JOB_NAME", "CLUSTRIX_PROBE")
+    return {name: os.environ.get(name) for name in names}
