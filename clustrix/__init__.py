@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from .config import ClusterConfig, Resources
+from .decorator import ClusterFunction, cluster
 from .errors import (
     BrokenClusterExecutor,
     ClusterError,
@@ -35,6 +36,7 @@ __all__ = [
     "ClusterConfig",
     "ClusterError",
     "ClusterExecutor",
+    "ClusterFunction",
     "ClusterFuture",
     "CommandTimeoutError",
     "ConfigError",
@@ -51,4 +53,5 @@ __all__ = [
     "SubmissionError",
     "TransportError",
     "__version__",
+    "cluster",
 ]

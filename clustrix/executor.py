@@ -126,13 +126,22 @@ class _Submitter:
         job exactly; the default (None) makes about as many jobs as the cluster can run at
         once. A call that raises inside a chunk fails only its own result.
         """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        futures = self.submit_map(fn, *iterables, chunksize=chunksize)
+        return _results_in_order(futures, deadline)
+
+    def submit_map(
+        self, fn: Callable[..., T], *iterables: Iterable[Any], chunksize: int | None = None
+    ) -> list[ClusterFuture[T]]:
+        """The futures of ``map``: one per call, in input order, calls packed into jobs.
+
+        Every call is pickled before any is submitted: a bad argument submits nothing.
+        """
         if chunksize is not None and chunksize < 1:
             raise ValueError(f"chunksize must be >= 1 (or None for automatic), got {chunksize}")
-        deadline = None if timeout is None else time.monotonic() + timeout
         # zip stops at the shortest iterable, as the builtin map does
         payloads = [dumps_call(fn, args, {}) for args in zip(*iterables)]  # noqa: B905
-        futures = self._executor._enqueue(fn, payloads, chunksize, self._resources)
-        return _results_in_order(futures, deadline)
+        return self._executor._enqueue(fn, payloads, chunksize, self._resources)
 
     def options(self, **resources: Any) -> ExecutorView:
         """A view of the same executor whose jobs ask for other resources.

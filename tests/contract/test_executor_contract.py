@@ -16,10 +16,12 @@ import pytest
 from clustrix import (
     ClusterExecutor,
     ClusterFuture,
+    ConfigError,
     JobFailedError,
     RemoteError,
     RemoteTraceback,
     SerializationError,
+    cluster,
 )
 
 MakeExecutor = Callable[..., ClusterExecutor]
@@ -277,3 +279,31 @@ def test_job_logs_are_readable(executor: ClusterExecutor) -> None:
     assert future.result(timeout=120) == "hello"
     assert "out: hello" in future.stdout()
     assert "err: hello" in future.stderr()
+
+
+def test_options_sets_resources_without_taking_user_kwargs(executor: ClusterExecutor) -> None:
+    view = executor.options(cores=1, job_name="custom")
+    assert view.resources.job_name == "custom"
+    assert view.submit(jf.echo_kwargs, cores=5, mem_gb=2).result(timeout=120) == {
+        "cores": 5,
+        "mem_gb": 2,
+    }
+    assert list(view.map(jf.square, [2, 3])) == [4, 9]
+
+
+def test_options_rejects_unknown_resources(executor: ClusterExecutor) -> None:
+    with pytest.raises(ConfigError, match="did you mean 'mem_gb'"):
+        executor.options(mem_gbs=4)
+
+
+def test_cluster_decorator(executor: ClusterExecutor) -> None:
+    @cluster(executor=executor, cores=1)
+    def triple(x: int) -> int:
+        return 3 * x
+
+    assert triple(4) == 12
+    assert triple.__name__ == "triple"
+    future = triple.submit(5)
+    assert isinstance(future, ClusterFuture) and future.result(timeout=120) == 15
+    futures = triple.map(range(4), chunksize=2)
+    assert [f.result(timeout=120) for f in futures] == [0, 3, 6, 9]
