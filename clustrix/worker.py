@@ -97,12 +97,33 @@ def run_task(job_dir: str, task_index: int) -> int:
     return 0
 
 
+def _restore_environment() -> None:
+    """Undo what the job script did for this process only, before the user's code runs.
+
+    The script put the runtime zip on ``PYTHONPATH`` and set ``PYTHONSAFEPATH`` so that the
+    job's working directory cannot shadow the runtime; the user's code and its subprocesses
+    get neither, and the working directory is importable again (after the runtime).
+    """
+    runtime = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    os.environ.pop("PYTHONSAFEPATH", None)
+    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    kept = [p for p in paths if p and os.path.abspath(p) != runtime]
+    if kept:
+        os.environ["PYTHONPATH"] = os.pathsep.join(kept)
+    else:
+        os.environ.pop("PYTHONPATH", None)
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.append(cwd)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m clustrix.worker``."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 3 or args[0] != "run" or not args[2].isdigit():
         print(USAGE, file=sys.stderr)
         return EXIT_BAD_USAGE
+    _restore_environment()
     return run_task(args[1], int(args[2]))
 
 

@@ -93,7 +93,8 @@ def render_body(spec: JobSpec, task_index: str) -> str:
     lines += [
         f"job_dir={q(spec.job_dir)}",
         f"task={task_index}",
-        f'PYTHONPATH={q(spec.worker_path)}"${{PYTHONPATH:+:$PYTHONPATH}}" \\',
+        "# PYTHONSAFEPATH: a 'clustrix' directory in the job's cwd must not shadow the runtime",
+        f'PYTHONSAFEPATH=1 PYTHONPATH={q(spec.worker_path)}"${{PYTHONPATH:+:$PYTHONPATH}}" \\',
         f'  {q(spec.python)} -m clustrix.worker run "$job_dir" "$task" &',
         "child=$!",
         "trap 'kill -TERM \"$child\" 2>/dev/null' TERM INT HUP",

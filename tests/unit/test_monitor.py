@@ -1,0 +1,185 @@
+"""The poll cycle's shell script, run with ``sh -c`` on real job directories, and the backoff."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from clustrix import _wire
+from clustrix.monitor import MARK, MAX_LISTED_DIRS, Backoff, parse_poll_output, poll_script
+
+
+def run_poll(script: str) -> str:
+    proc = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def make_job_dir(root: Path, name: str) -> Path:
+    job_dir = root / name
+    for sub in (_wire.EXIT_DIR, _wire.RESULTS_DIR, _wire.LOGS_DIR, _wire.TASKS_DIR):
+        (job_dir / sub).mkdir(parents=True)
+    return job_dir
+
+
+@pytest.fixture
+def jobs_root(tmp_path: Path) -> Path:
+    # spaces, ':' (the grep separator), '$' and ';' in the path: all must survive
+    root = tmp_path / "work dir: $HOME;x" / "jobs"
+    root.mkdir(parents=True)
+    return root
+
+
+@pytest.fixture
+def job_dir(jobs_root: Path) -> Path:
+    job_dir = make_job_dir(jobs_root, "a1")
+    (job_dir / "exit" / "0").write_text("0\n")
+    (job_dir / "exit" / "1").write_text("137\n")
+    (job_dir / "exit" / ".2.tmp").write_text("5\n")  # being written: not an exit status yet
+    (job_dir / "results" / "3.pkl").write_bytes(b"CLX1...")
+    (job_dir / "results" / ".4.pkl.1234.tmp").write_bytes(b"partial")  # write_atomic's temp
+    (job_dir / "results" / ".5.pkl").write_bytes(b"hidden")
+    (job_dir / "tasks" / "0.pkl").write_bytes(b"task")  # not a result
+    (job_dir / "logs" / "0.err").write_text("7\n")  # not an exit status
+    return job_dir
+
+
+def expected_exits(job_dir: Path) -> dict[str, int]:
+    # the key the engine looks up: f"{job_dir}/{EXIT_DIR}/{task index}"
+    return {f"{job_dir}/{_wire.EXIT_DIR}/0": 0, f"{job_dir}/{_wire.EXIT_DIR}/1": 137}
+
+
+def test_round_trip_with_status_command(jobs_root: Path, job_dir: Path) -> None:
+    script = poll_script(["printf", "1|RUNNING|None\n"], [str(job_dir)], str(jobs_root))
+    seen = parse_poll_output(run_poll(script))
+    assert seen.status_ok is True
+    assert seen.status_text == "1|RUNNING|None\n"
+    assert seen.exit_codes == expected_exits(job_dir)
+    assert seen.result_paths == {f"{job_dir}/{_wire.RESULTS_DIR}/3.pkl"}
+
+
+def test_round_trip_without_status_command(jobs_root: Path, job_dir: Path) -> None:
+    seen = parse_poll_output(run_poll(poll_script(None, [str(job_dir)], str(jobs_root))))
+    assert seen.status_ok is True
+    assert seen.status_text == ""
+    assert seen.exit_codes == expected_exits(job_dir)
+    assert seen.result_paths == {f"{job_dir}/{_wire.RESULTS_DIR}/3.pkl"}
+
+
+def test_failing_status_command_is_reported_with_its_stderr(
+    jobs_root: Path, job_dir: Path
+) -> None:
+    status = ["sh", "-c", "echo 'slurm_load_jobs error: boom' >&2; exit 1"]
+    seen = parse_poll_output(run_poll(poll_script(status, [str(job_dir)], str(jobs_root))))
+    assert seen.status_ok is False
+    assert "slurm_load_jobs error: boom" in seen.status_text
+    assert seen.exit_codes == expected_exits(job_dir)  # the file listing still ran
+
+
+def test_status_argument_with_shell_syntax_is_not_interpreted(
+    jobs_root: Path, job_dir: Path
+) -> None:
+    status = ["printf", "%s\n", "$(echo no)", "`echo no`", "a;b", "x'y"]
+    seen = parse_poll_output(run_poll(poll_script(status, [str(job_dir)], str(jobs_root))))
+    assert seen.status_text == "$(echo no)\n`echo no`\na;b\nx'y\n"
+
+
+def test_several_job_dirs_and_a_missing_one(jobs_root: Path, job_dir: Path) -> None:
+    other = make_job_dir(jobs_root, "b2")
+    (other / "exit" / "0").write_text("1\n")
+    (other / "results" / "0.pkl").write_bytes(b"x")
+    gone = jobs_root / "cleaned-up"
+    script = poll_script(None, [str(job_dir), str(gone), str(other)], str(jobs_root))
+    seen = parse_poll_output(run_poll(script))
+    assert seen.exit_codes == {**expected_exits(job_dir), f"{other}/exit/0": 1}
+    assert seen.result_paths == {f"{job_dir}/results/3.pkl", f"{other}/results/0.pkl"}
+
+
+def test_no_job_dirs(jobs_root: Path) -> None:
+    seen = parse_poll_output(run_poll(poll_script(["printf", "x"], [], str(jobs_root))))
+    assert seen.status_ok is True
+    assert seen.status_text == "x"
+    assert seen.exit_codes == {}
+    assert seen.result_paths == set()
+
+
+def test_many_job_dirs_scan_the_jobs_root(jobs_root: Path) -> None:
+    dirs = [make_job_dir(jobs_root, f"j{i:03d}") for i in range(MAX_LISTED_DIRS + 1)]
+    (dirs[0] / "exit" / "0").write_text("0\n")
+    (dirs[-1] / "exit" / "4").write_text("143\n")
+    (dirs[-1] / "results" / "9.pkl").write_bytes(b"x")
+    listed = poll_script(None, [str(d) for d in dirs[:MAX_LISTED_DIRS]], str(jobs_root))
+    scanned = poll_script(None, [str(d) for d in dirs], str(jobs_root))
+    assert "j000" in listed and "j200" not in listed  # only the dirs asked for
+    assert "j000" not in scanned  # the command line does not grow with the job count
+    assert len(scanned) < 1000
+
+    seen = parse_poll_output(run_poll(scanned))
+    assert seen.exit_codes == {f"{dirs[0]}/exit/0": 0, f"{dirs[-1]}/exit/4": 143}
+    assert seen.result_paths == {f"{dirs[-1]}/results/9.pkl"}
+    seen_listed = parse_poll_output(run_poll(listed))
+    assert seen_listed.exit_codes == {f"{dirs[0]}/exit/0": 0}
+    assert seen_listed.result_paths == set()
+
+
+def test_parse_poll_output_sections() -> None:
+    text = (
+        "12|RUNNING|None\n13|PENDING|Priority\n"
+        f"{MARK} 0\n"
+        "/w/a/exit/0:0\n/w/a/exit/1:-1\n/w/a:b/exit/2:3\n/w/a/exit/3:\n/w/a/exit/4:x\n"
+        f"{MARK}\n"
+        "/w/a/results/0.pkl\n\n/w/a/results/1.pkl\n"
+    )
+    seen = parse_poll_output(text)
+    assert seen.status_ok
+    assert seen.status_text == "12|RUNNING|None\n13|PENDING|Priority\n"
+    assert seen.exit_codes == {"/w/a/exit/0": 0, "/w/a/exit/1": -1, "/w/a:b/exit/2": 3}
+    assert seen.result_paths == {"/w/a/results/0.pkl", "/w/a/results/1.pkl"}
+
+
+@pytest.mark.parametrize("text", ["", "garbage\n", f"{MARK} 1\n{MARK}\n", f"{MARK} \n"])
+def test_parse_poll_output_status_not_ok(text: str) -> None:
+    assert parse_poll_output(text).status_ok is False
+
+
+# --------------------------------------------------------------------------- Backoff
+def test_backoff_grows_and_caps() -> None:
+    backoff = Backoff(0.05, 0.5, factor=2)
+    delays = [backoff.next_delay() for _ in range(7)]
+    assert delays == pytest.approx([0.05, 0.1, 0.2, 0.4, 0.5, 0.5, 0.5])
+
+
+def test_backoff_default_factor_and_reset() -> None:
+    backoff = Backoff(1.0, 5.0)
+    assert [backoff.next_delay() for _ in range(6)] == pytest.approx(
+        [1.0, 1.5, 2.25, 3.375, 5.0, 5.0]
+    )
+    backoff.reset()
+    assert backoff.next_delay() == 1.0
+    assert backoff.next_delay() == 1.5
+
+
+def test_backoff_max_below_min_stays_at_min() -> None:
+    backoff = Backoff(2.0, 1.0)
+    assert [backoff.next_delay() for _ in range(3)] == [2.0, 2.0, 2.0]
+
+
+@given(
+    min_s=st.floats(0.001, 10),
+    spread=st.floats(1, 100),
+    factor=st.floats(1.01, 4),
+    n=st.integers(1, 60),
+)
+def test_backoff_is_monotonic_and_bounded(min_s: float, spread: float, factor: float, n: int) -> None:
+    max_s = min_s * spread
+    backoff = Backoff(min_s, max_s, factor)
+    delays = [backoff.next_delay() for _ in range(n)]
+    assert delays[0] == min_s
+    assert all(a <= b for a, b in zip(delays, delays[1:]))
+    assert all(min_s <= d <= max_s for d in delays)
+    backoff.reset()
+    assert backoff.next_delay() == min_s
