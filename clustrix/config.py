@@ -50,6 +50,14 @@ _M = TypeVar("_M", bound=BaseModel)
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
+    def __init__(self, **data: Any) -> None:
+        # Built directly in code, a bad value is a ConfigError with the same message (field,
+        # value, what is allowed, a suggestion for a typo) as from a file or the environment.
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(type(self), exc)) from None
+
 
 class Resources(_Model):
     """What one job asks the scheduler for. Every field has a unit in its name."""
@@ -180,6 +188,8 @@ class ClusterConfig(Resources):
     @classmethod
     def _valid_env_names(cls, value: dict[str, str]) -> dict[str, str]:
         for name in value:
+            if name.startswith("_clx_"):
+                raise ValueError(f"{name!r}: names starting with '_clx_' are the job script's own")
             if not _ENV_NAME.match(name):
                 raise ValueError(
                     f"{name!r} is not a valid environment variable name "
@@ -222,7 +232,11 @@ class ClusterConfig(Resources):
         path = path if path is not None else os.environ.get("CLUSTRIX_CONFIG") or None
         if path is not None:
             data.update(read_config_file(Path(path)))
-        data.update(config_from_env(os.environ))
+        for name, value in config_from_env(os.environ).items():
+            # CLUSTRIX_ENVIRONMENT_VARIABLES__FOO=bar sets one key, keeping the file's others
+            if isinstance(value, dict) and isinstance(data.get(name), Mapping):
+                value = {**data[name], **value}
+            data[name] = value
         data.update(overrides)
         return build(cls, data)
 
@@ -310,6 +324,8 @@ def build(model: type[_M], data: Mapping[str, Any]) -> _M:
     The message names each bad field, the value given and what is allowed, and suggests the
     closest field name for a typo. Secret values are never echoed.
     """
+    if issubclass(model, _Model):
+        return model(**data)  # its __init__ turns a ValidationError into a ConfigError
     try:
         return model.model_validate(dict(data))
     except ValidationError as exc:

@@ -33,7 +33,6 @@ import re
 import sys
 import threading
 import time
-import weakref
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor
 from typing import Any, TypeVar
@@ -51,7 +50,9 @@ __all__ = ["ClusterExecutor", "ExecutorView"]
 
 T = TypeVar("T")
 
-_live_executors: weakref.WeakSet[ClusterExecutor] = weakref.WeakSet()
+# Strong references: an executor that the user dropped without shutting down still has
+# jobs whose results must not be lost; at exit we wait for them (as ProcessPoolExecutor).
+_live_executors: set[ClusterExecutor] = set()
 _executor_ids = itertools.count(1)
 
 

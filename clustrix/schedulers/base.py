@@ -86,25 +86,26 @@ def render_body(spec: JobSpec, task_index: str) -> str:
     even when the job is asked to stop (TERM is passed on to the worker).
     """
     q = shlex.quote
-    lines = ["set -u"]
+    # The task index is read before the user's variables are exported (a user variable
+    # named like the scheduler's must not move the task), and the script's own variables
+    # carry a _clx_ prefix that user variables may not use (see ClusterConfig).
+    lines = ["set -u", f"_clx_task={task_index}"]
     lines += [f"module load {q(module)}" for module in spec.module_loads]
     lines += [f"export {name}={q(value)}" for name, value in spec.environment.items()]
-    exit_dir = spec.path(_wire.EXIT_DIR)
     lines += [
-        f"job_dir={q(spec.job_dir)}",
-        f"task={task_index}",
+        f"_clx_job_dir={q(spec.job_dir)}",
+        f"_clx_exit_dir={q(spec.path(_wire.EXIT_DIR))}",
         "# PYTHONSAFEPATH: a 'clustrix' directory in the job's cwd must not shadow the runtime",
         f'PYTHONSAFEPATH=1 PYTHONPATH={q(spec.worker_path)}"${{PYTHONPATH:+:$PYTHONPATH}}" \\',
-        f'  {q(spec.python)} -m clustrix.worker run "$job_dir" "$task" &',
-        "child=$!",
-        "trap 'kill -TERM \"$child\" 2>/dev/null' TERM INT HUP",
-        'wait "$child"; rc=$?',
+        f'  {q(spec.python)} -m clustrix.worker run "$_clx_job_dir" "$_clx_task" &',
+        "_clx_child=$!",
+        "trap 'kill -TERM \"$_clx_child\" 2>/dev/null' TERM INT HUP",
+        'wait "$_clx_child"; _clx_rc=$?',
         '# a trapped signal interrupts "wait": wait again for the real status',
-        'while kill -0 "$child" 2>/dev/null; do wait "$child"; rc=$?; done',
-        f"exit_dir={q(exit_dir)}",
-        'printf \'%s\\n\' "$rc" > "$exit_dir/.$task.tmp" && mv -f "$exit_dir/.$task.tmp" '
-        '"$exit_dir/$task"',
-        'exit "$rc"',
+        'while kill -0 "$_clx_child" 2>/dev/null; do wait "$_clx_child"; _clx_rc=$?; done',
+        'printf \'%s\\n\' "$_clx_rc" > "$_clx_exit_dir/.$_clx_task.tmp" &&',
+        '  mv -f "$_clx_exit_dir/.$_clx_task.tmp" "$_clx_exit_dir/$_clx_task"',
+        'exit "$_clx_rc"',
     ]
     return "\n".join(lines) + "\n"
 

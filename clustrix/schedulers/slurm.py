@@ -174,7 +174,8 @@ class SlurmScheduler(Scheduler):
         for line in stdout.splitlines():
             parts = line.strip().split("|")
             if len(parts) == 3 and parts[0][:1].isdigit() and parts[1].isupper():
-                states[parts[0]] = TaskStatus(parts[0], parts[1], reason=parts[2])
+                reason = "" if parts[2] == "None" else parts[2]
+                states[parts[0]] = TaskStatus(parts[0], parts[1], reason=reason)
         return states
 
     def cancel_argv(self, job_ids: Sequence[str]) -> list[str]:
@@ -209,10 +210,11 @@ class SlurmScheduler(Scheduler):
                     continue
                 job_id, state, exit_text, reason = parts
             state = state.split()[0] if state else ""  # "CANCELLED by 1001"
+            exit_code = parse_exit_code(exit_text)
+            if exit_code == 0 and state not in ("COMPLETED", "FAILED"):
+                # sacct reports 0:0 at job level for TIMEOUT/CANCELLED: not a real status
+                exit_code = None
             states[job_id] = TaskStatus(
-                job_id,
-                state,
-                reason="" if reason == "None" else reason,
-                exit_code=parse_exit_code(exit_text),
+                job_id, state, reason="" if reason == "None" else reason, exit_code=exit_code
             )
         return states

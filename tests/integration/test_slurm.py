@@ -171,3 +171,17 @@ def _slurm_env() -> dict[str, str | None]:
 
     names = ("SLURM_CPUS_PER_TASK", "SLURM_JOB_NAME", "CLUSTRIX_PROBE")
     return {name: os.environ.get(name) for name in names}
+
+
+def test_time_limit_fails_the_future_with_timeout(tmp_path: Path) -> None:
+    # SLURM time limits have minute granularity: this test waits about 80 s, so it runs on
+    # one backend only (the state comes from the same squeue/sacct either way).
+    executor = ClusterExecutor(backend_config("slurm-local", tmp_path, time_limit_min=1))
+    try:
+        future = executor.submit(jf.sleep_then, 600, None)
+        with pytest.raises(JobFailedError) as info:
+            future.result(timeout=300)
+        assert info.value.state == "TIMEOUT"
+        assert info.value.job_id == future.job_id
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 from pathlib import Path
 
@@ -70,9 +71,7 @@ def test_round_trip_without_status_command(jobs_root: Path, job_dir: Path) -> No
     assert seen.result_paths == {f"{job_dir}/{_wire.RESULTS_DIR}/3.pkl"}
 
 
-def test_failing_status_command_is_reported_with_its_stderr(
-    jobs_root: Path, job_dir: Path
-) -> None:
+def test_failing_status_command_is_reported_with_its_stderr(jobs_root: Path, job_dir: Path) -> None:
     status = ["sh", "-c", "echo 'slurm_load_jobs error: boom' >&2; exit 1"]
     seen = parse_poll_output(run_poll(poll_script(status, [str(job_dir)], str(jobs_root))))
     assert seen.status_ok is False
@@ -174,12 +173,14 @@ def test_backoff_max_below_min_stays_at_min() -> None:
     factor=st.floats(1.01, 4),
     n=st.integers(1, 60),
 )
-def test_backoff_is_monotonic_and_bounded(min_s: float, spread: float, factor: float, n: int) -> None:
+def test_backoff_is_monotonic_and_bounded(
+    min_s: float, spread: float, factor: float, n: int
+) -> None:
     max_s = min_s * spread
     backoff = Backoff(min_s, max_s, factor)
     delays = [backoff.next_delay() for _ in range(n)]
     assert delays[0] == min_s
-    assert all(a <= b for a, b in zip(delays, delays[1:]))
+    assert all(a <= b for a, b in itertools.pairwise(delays))
     assert all(min_s <= d <= max_s for d in delays)
     backoff.reset()
     assert backoff.next_delay() == min_s

@@ -141,8 +141,8 @@ def test_job_dir_with_spaces_is_quoted_in_directives_and_body() -> None:
     options = sbatch_options(script)
     assert f'--output="{SPACED_DIR}/logs/%a.out"' in options
     assert f'--error="{SPACED_DIR}/logs/%a.err"' in options
-    assert f"job_dir={shlex.quote(SPACED_DIR)}" in script.splitlines()
-    assert f"exit_dir={shlex.quote(SPACED_DIR + '/exit')}" in script.splitlines()
+    assert f"_clx_job_dir={shlex.quote(SPACED_DIR)}" in script.splitlines()
+    assert f"_clx_exit_dir={shlex.quote(SPACED_DIR + '/exit')}" in script.splitlines()
     # every other mention of the directory is inside quotes
     body = render_body(ARRAY, '"$1"')
     for line in body.splitlines():

@@ -174,11 +174,6 @@ def test_parse_status_known_ids_among_unknown_ones() -> None:
     assert set(got) == {"18"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: parse_status keeps squeue's literal reason 'None' while parse_detail maps it "
-    "to ''; a JobFailedError built from a squeue status then ends with ', None'",
-)
 def test_parse_status_reason_none_means_no_reason() -> None:
     states = SlurmScheduler().parse_status(capture("squeue_all_r.txt"))
     assert states["19"].reason == ""
@@ -270,11 +265,13 @@ def test_detail_fields_are_valid_sacct_fields() -> None:
 def test_parse_detail_sacct_final_states() -> None:
     details = SlurmScheduler().parse_detail(sacct_as_requested("sacct_X_fields.txt"))
     assert details["18"] == TaskStatus("18", "FAILED", reason="", exit_code=7)
-    assert details["21"] == TaskStatus("21", "CANCELLED", reason="", exit_code=0)
-    assert details["23"] == TaskStatus("23", "CANCELLED", reason="BeginTime", exit_code=0)
+    assert details["21"] == TaskStatus("21", "CANCELLED", reason="", exit_code=None)
+    assert details["23"] == TaskStatus("23", "CANCELLED", reason="BeginTime", exit_code=None)
     assert details["6"].state == "TIMEOUT"
     assert details["2"] == TaskStatus("2", "COMPLETED", exit_code=0)
-    assert details["22"] == TaskStatus("22", "PENDING", reason="BeginTime", exit_code=0)
+    # sacct says 0:0 for jobs that never exited normally: that is no exit status
+    assert details["22"] == TaskStatus("22", "PENDING", reason="BeginTime", exit_code=None)
+    assert details["6"].exit_code is None
     # array tasks by <base>_<task>, as the executor's job ids are
     assert details["4_9"].state == "COMPLETED"
     assert [details[f"29_{i}"].exit_code for i in range(4)] == [0, 1, 2, 3]
@@ -296,11 +293,11 @@ def test_parse_detail_sacct_array_task_ids_and_purged_job() -> None:
     sched = SlurmScheduler()
     tasks = sched.parse_detail(sacct_as_requested("sacct_X_array_task_ids.txt"))
     assert tasks == {
-        "26_0": TaskStatus("26_0", "RUNNING", exit_code=0),
+        "26_0": TaskStatus("26_0", "RUNNING", exit_code=None),
         "29_2": TaskStatus("29_2", "FAILED", exit_code=2),
     }
     purged = sched.parse_detail(sacct_as_requested("sacct_purged_job.txt"))
-    assert purged == {"6": TaskStatus("6", "TIMEOUT", exit_code=0)}
+    assert purged == {"6": TaskStatus("6", "TIMEOUT", exit_code=None)}
 
 
 def test_parse_detail_sacct_signal_exit_code_of_batch_step() -> None:
@@ -348,10 +345,10 @@ def test_parse_detail_scontrol_array_tasks_as_base_task() -> None:
         "29_0": TaskStatus("29_0", "COMPLETED", reason="", exit_code=0),
     }
     running = sched.parse_detail(capture("scontrol_show_job_array_task_running.txt"))
-    assert running == {"26_0": TaskStatus("26_0", "RUNNING", exit_code=0)}  # JobId=27 itself
+    assert running == {"26_0": TaskStatus("26_0", "RUNNING", exit_code=None)}  # JobId=27 itself
     pending = sched.parse_detail(capture("scontrol_show_job_array_task_pending.txt"))
     assert pending == {
-        "26_5": TaskStatus("26_5", "PENDING", reason="JobArrayTaskLimit", exit_code=0)
+        "26_5": TaskStatus("26_5", "PENDING", reason="JobArrayTaskLimit", exit_code=None)
     }
     base = sched.parse_detail(capture("scontrol_show_job_array_base.txt"))
     assert base["26_0"].state == base["26_1"].state == "RUNNING"

@@ -1,15 +1,17 @@
 #!/bin/sh
 # clustrix job clustrix-simulate: 1 task(s)
 set -u
-job_dir=/home/u/.clustrix/jobs/5e1d0c
-task="$1"
-PYTHONPATH=/home/u/.clustrix/runtime/clustrix-worker.zip"${PYTHONPATH:+:$PYTHONPATH}" \
-  /usr/bin/python3 -m clustrix.worker run "$job_dir" "$task" &
-child=$!
-trap 'kill -TERM "$child" 2>/dev/null' TERM INT HUP
-wait "$child"; rc=$?
+_clx_task="$1"
+_clx_job_dir=/home/u/.clustrix/jobs/5e1d0c
+_clx_exit_dir=/home/u/.clustrix/jobs/5e1d0c/exit
+# PYTHONSAFEPATH: a 'clustrix' directory in the job's cwd must not shadow the runtime
+PYTHONSAFEPATH=1 PYTHONPATH=/home/u/.clustrix/runtime/clustrix-worker.zip"${PYTHONPATH:+:$PYTHONPATH}" \
+  /usr/bin/python3 -m clustrix.worker run "$_clx_job_dir" "$_clx_task" &
+_clx_child=$!
+trap 'kill -TERM "$_clx_child" 2>/dev/null' TERM INT HUP
+wait "$_clx_child"; _clx_rc=$?
 # a trapped signal interrupts "wait": wait again for the real status
-while kill -0 "$child" 2>/dev/null; do wait "$child"; rc=$?; done
-exit_dir=/home/u/.clustrix/jobs/5e1d0c/exit
-printf '%s\n' "$rc" > "$exit_dir/.$task.tmp" && mv -f "$exit_dir/.$task.tmp" "$exit_dir/$task"
-exit "$rc"
+while kill -0 "$_clx_child" 2>/dev/null; do wait "$_clx_child"; _clx_rc=$?; done
+printf '%s\n' "$_clx_rc" > "$_clx_exit_dir/.$_clx_task.tmp" &&
+  mv -f "$_clx_exit_dir/.$_clx_task.tmp" "$_clx_exit_dir/$_clx_task"
+exit "$_clx_rc"

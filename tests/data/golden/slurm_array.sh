@@ -13,19 +13,21 @@
 #SBATCH --constraint=skylake
 #SBATCH --exclusive
 set -u
+_clx_task="${SLURM_ARRAY_TASK_ID:-0}"
 module load gcc/12
 module load python/3.11
 export OMP_NUM_THREADS=4
 export WEIRD='a b'"'"'c"$d`e`;f'
-job_dir='/scratch/my jobs/run 1/0f3c9a'
-task="${SLURM_ARRAY_TASK_ID:-0}"
-PYTHONPATH='/scratch/my jobs/runtime/clustrix-worker.zip'"${PYTHONPATH:+:$PYTHONPATH}" \
-  '/opt/python 3.11/bin/python3' -m clustrix.worker run "$job_dir" "$task" &
-child=$!
-trap 'kill -TERM "$child" 2>/dev/null' TERM INT HUP
-wait "$child"; rc=$?
+_clx_job_dir='/scratch/my jobs/run 1/0f3c9a'
+_clx_exit_dir='/scratch/my jobs/run 1/0f3c9a/exit'
+# PYTHONSAFEPATH: a 'clustrix' directory in the job's cwd must not shadow the runtime
+PYTHONSAFEPATH=1 PYTHONPATH='/scratch/my jobs/runtime/clustrix-worker.zip'"${PYTHONPATH:+:$PYTHONPATH}" \
+  '/opt/python 3.11/bin/python3' -m clustrix.worker run "$_clx_job_dir" "$_clx_task" &
+_clx_child=$!
+trap 'kill -TERM "$_clx_child" 2>/dev/null' TERM INT HUP
+wait "$_clx_child"; _clx_rc=$?
 # a trapped signal interrupts "wait": wait again for the real status
-while kill -0 "$child" 2>/dev/null; do wait "$child"; rc=$?; done
-exit_dir='/scratch/my jobs/run 1/0f3c9a/exit'
-printf '%s\n' "$rc" > "$exit_dir/.$task.tmp" && mv -f "$exit_dir/.$task.tmp" "$exit_dir/$task"
-exit "$rc"
+while kill -0 "$_clx_child" 2>/dev/null; do wait "$_clx_child"; _clx_rc=$?; done
+printf '%s\n' "$_clx_rc" > "$_clx_exit_dir/.$_clx_task.tmp" &&
+  mv -f "$_clx_exit_dir/.$_clx_task.tmp" "$_clx_exit_dir/$_clx_task"
+exit "$_clx_rc"

@@ -1,0 +1,158 @@
+"""Helpers shared by the benchmark scripts: timing, markdown tables, machine facts, README."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+README = Path(__file__).resolve().parent / "README.md"
+#: An idle window is waited for this long at most, polling every IDLE_POLL_S.
+IDLE_TIMEOUT_S = 600.0
+IDLE_POLL_S = 10.0
+
+
+def median(values: Sequence[float]) -> float:
+    """The median of ``values`` (which must not be empty)."""
+    return statistics.median(values)
+
+
+def fmt_s(seconds: float) -> str:
+    """Seconds with a precision that suits their size."""
+    if seconds < 0.001:
+        return f"{seconds * 1e6:.0f} µs"
+    if seconds < 1:
+        return f"{seconds * 1e3:.1f} ms"
+    return f"{seconds:.2f} s"
+
+
+def fmt_ratio(ratio: float) -> str:
+    """A ratio such as ``1.23x`` or ``1234x``."""
+    return f"{ratio:.2f}x" if ratio < 100 else f"{ratio:.0f}x"
+
+
+@dataclass
+class Row:
+    """One line of a results table."""
+
+    what: str
+    clustrix: str
+    baseline: str
+    ratio: str
+    target: str = ""
+    met: str = ""
+
+
+def table(rows: Sequence[Row], baseline_name: str) -> str:
+    """The rows as a markdown table."""
+    head = f"| measurement | clustrix | {baseline_name} | ratio | target | met |"
+    lines = [head, "|---|---:|---:|---:|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r.what} | {r.clustrix} | {r.baseline} | {r.ratio} | {r.target} | {r.met} |"
+        )
+    return "\n".join(lines)
+
+
+def verdict(ok: bool) -> str:
+    """How a target shows in the table."""
+    return "yes" if ok else "**no**"
+
+
+def _run(argv: Sequence[str]) -> str:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def machine_facts() -> str:
+    """``nproc``, the CPU model and a few ``lscpu`` lines, Python and OS, as one paragraph."""
+    nproc = _run(["nproc"]).strip() or str(os.cpu_count())
+    wanted = ("Model name", "CPU(s)", "Thread(s) per core", "Hypervisor vendor", "L3 cache")
+    facts = []
+    for line in _run(["lscpu"]).splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip() in wanted:
+            facts.append(f"{key.strip()}: {value.strip()}")
+    mem = ""
+    meminfo = Path("/proc/meminfo")
+    if meminfo.exists():
+        match = re.search(r"MemTotal:\s+(\d+) kB", meminfo.read_text())
+        if match:
+            mem = f"; RAM {int(match.group(1)) / 2**20:.1f} GiB"
+    return (
+        f"`nproc` = {nproc}; `lscpu`: {'; '.join(facts) or 'n/a'}{mem}; "
+        f"Python {platform.python_version()} ({sys.executable}); {platform.platform()}"
+    )
+
+
+def now_text() -> str:
+    """The date and time of the run."""
+    return _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+
+
+def local_cluster_jobs() -> int | None:
+    """Jobs pending or running on the test cluster (it shares this machine's CPUs), if any
+    SLURM client is installed here; None otherwise."""
+    if shutil.which("squeue") is None:
+        return None
+    out = subprocess.run(
+        ["squeue", "-h", "-t", "PD,R"], capture_output=True, text=True, timeout=30
+    ).stdout
+    return len([line for line in out.splitlines() if line.strip()])
+
+
+def wait_for_idle(
+    count_jobs: Callable[[], int | None],
+    what: str,
+    *,
+    timeout_s: float = IDLE_TIMEOUT_S,
+    poll_s: float = IDLE_POLL_S,
+) -> float | None:
+    """Wait until ``count_jobs()`` is 0 (or None: nothing to check).
+
+    Our own last job may still be leaving the queue, so the first seconds are polled fast;
+    after that, every ``poll_s`` up to ``timeout_s``. Returns the seconds waited, or None if
+    the cluster never went idle (the caller notes that in the results).
+    """
+    start = time.monotonic()
+    fast_until = start + 5.0
+    announced = False
+    while True:
+        n = count_jobs()
+        if not n:
+            return time.monotonic() - start
+        waited = time.monotonic() - start
+        if waited >= timeout_s:
+            print(f"  [{what}] cluster still busy ({n} jobs) after {waited:.0f} s: measuring anyway")
+            return None
+        if time.monotonic() >= fast_until and not announced:
+            print(f"  [{what}] {n} other job(s) on the cluster: waiting for an idle window")
+            announced = True
+        time.sleep(0.25 if time.monotonic() < fast_until else poll_s)
+
+
+def write_readme_section(key: str, body: str) -> None:
+    """Replace the text between ``<!-- key:begin -->`` and ``<!-- key:end -->`` in the
+    benchmarks README (appending the markers if they are missing)."""
+    begin, end = f"<!-- {key}:begin -->", f"<!-- {key}:end -->"
+    text = README.read_text() if README.exists() else "# Benchmarks\n"
+    block = f"{begin}\n{body.strip()}\n{end}"
+    if begin in text and end in text:
+        head, _, rest = text.partition(begin)
+        _, _, tail = rest.partition(end)
+        text = head + block + tail
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    README.write_text(text)
+    print(f"wrote {README}")
