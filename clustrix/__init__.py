@@ -8,26 +8,71 @@
 
 from __future__ import annotations
 
-from .config import ClusterConfig, Resources
-from .decorator import ClusterFunction, cluster
-from .errors import (
-    BrokenClusterExecutor,
-    ClusterError,
-    CommandTimeoutError,
-    ConfigError,
-    JobFailedError,
-    JobLostError,
-    PackagingError,
-    RemoteError,
-    RemoteTraceback,
-    ResultAuthenticationError,
-    SchedulerError,
-    SerializationError,
-    SubmissionError,
-    TransportError,
-)
-from .executor import ClusterExecutor, ExecutorView
-from .future import ClusterFuture
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .config import ClusterConfig, Resources
+    from .decorator import ClusterFunction, cluster
+    from .errors import (
+        BrokenClusterExecutor,
+        ClusterError,
+        CommandTimeoutError,
+        ConfigError,
+        JobFailedError,
+        JobLostError,
+        PackagingError,
+        RemoteError,
+        RemoteTraceback,
+        ResultAuthenticationError,
+        SchedulerError,
+        SerializationError,
+        SubmissionError,
+        TransportError,
+    )
+    from .executor import ClusterExecutor, ExecutorView
+    from .future import ClusterFuture
+
+
+# Public names are imported on first use (PEP 562): ``python -m clustrix.worker`` on a node
+# imports the package without pulling in the executor, pydantic or asyncssh.
+_LAZY = {
+    "BrokenClusterExecutor": "errors",
+    "ClusterConfig": "config",
+    "ClusterError": "errors",
+    "ClusterExecutor": "executor",
+    "ClusterFunction": "decorator",
+    "ClusterFuture": "future",
+    "CommandTimeoutError": "errors",
+    "ConfigError": "errors",
+    "ExecutorView": "executor",
+    "JobFailedError": "errors",
+    "JobLostError": "errors",
+    "PackagingError": "errors",
+    "RemoteError": "errors",
+    "RemoteTraceback": "errors",
+    "Resources": "config",
+    "ResultAuthenticationError": "errors",
+    "SchedulerError": "errors",
+    "SerializationError": "errors",
+    "SubmissionError": "errors",
+    "TransportError": "errors",
+    "cluster": "decorator",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'clustrix' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
 
 __version__ = "0.1.0"
 

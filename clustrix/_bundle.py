@@ -1,9 +1,10 @@
 """The worker runtime shipped to the cluster: a small, content-addressed zip.
 
-It holds ``clustrix/worker.py``, ``clustrix/_wire.py``, a stub ``clustrix/__init__.py`` (so the
-node never imports the executor, pydantic or asyncssh) and the client's own cloudpickle (so
-both ends pickle with the same version). Put on ``PYTHONPATH``, it makes
-``python -m clustrix.worker`` work on a node with nothing but a plain Python.
+It holds the clustrix package itself (its ``__init__`` imports lazily, so the worker loads
+only ``worker.py`` and ``_wire.py``, never the executor, pydantic or asyncssh) and the
+client's own cloudpickle (so both ends pickle with the same version). Put on ``PYTHONPATH``,
+it makes ``python -m clustrix.worker`` work on a node with nothing but a plain Python, and
+lets the user's own modules ``import clustrix`` there.
 
 Knows nothing of transports or schedulers: it only produces bytes and their hash.
 """
@@ -20,8 +21,6 @@ from pathlib import Path
 import cloudpickle
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
-_WORKER_MODULES = ("_wire.py", "worker.py")
-_STUB_INIT = b'"""clustrix worker runtime (stub package: the node needs only the worker)."""\n'
 # Fixed timestamp: the same files always give the same bytes, hence the same hash.
 _EPOCH = (2020, 1, 1, 0, 0, 0)
 
@@ -42,12 +41,13 @@ class Bundle:
 @functools.cache
 def worker_bundle() -> Bundle:
     """Build (once per process) the worker runtime zip."""
-    files: dict[str, bytes] = {"clustrix/__init__.py": _STUB_INIT}
-    for name in _WORKER_MODULES:
-        files[f"clustrix/{name}"] = (_PACKAGE_DIR / name).read_bytes()
+    files: dict[str, bytes] = {}
     cp_dir = Path(cloudpickle.__file__).resolve().parent
-    for path in sorted(cp_dir.rglob("*.py")):
-        files[f"cloudpickle/{path.relative_to(cp_dir).as_posix()}"] = path.read_bytes()
+    for package, directory in (("clustrix", _PACKAGE_DIR), ("cloudpickle", cp_dir)):
+        for path in sorted(directory.rglob("*.py")):
+            files[f"{package}/{path.relative_to(directory).as_posix()}"] = path.read_bytes()
+        if (directory / "py.typed").exists():
+            files[f"{package}/py.typed"] = b""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
         for name in sorted(files):

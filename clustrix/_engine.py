@@ -16,7 +16,10 @@ import asyncio
 import logging
 import pickle
 import posixpath
+import re
 import secrets
+import shlex
+import sys
 import uuid
 from collections import Counter, deque
 from collections.abc import Coroutine, Sequence
@@ -33,6 +36,7 @@ from .errors import (
     ClusterError,
     JobFailedError,
     JobLostError,
+    PackagingError,
     ResultAuthenticationError,
     SchedulerError,
     SubmissionError,
@@ -40,7 +44,15 @@ from .errors import (
 )
 from .future import ClusterFuture
 from .monitor import Backoff, parse_poll_output, poll_script
-from .schedulers.base import ENDED_STATES, RUNNING_STATES, JobSpec, Scheduler, TaskStatus
+from .packaging import READY_MARKER, EnvironmentPlan, env_build_script
+from .schedulers.base import (
+    ENDED_STATES,
+    RUNNING_STATES,
+    JobSpec,
+    Scheduler,
+    TaskStatus,
+    setup_lines,
+)
 from .transports.base import CommandResult, Transport
 
 __all__ = ["Engine", "Task"]
@@ -51,6 +63,7 @@ log = logging.getLogger("clustrix")
 BATCH_WINDOW_S = 0.005
 #: At most this many file transfers in flight at once over one connection.
 IO_CONCURRENCY = 64
+_VERSION_PROBE = 'import sys; print("CLUSTRIX-PY %d.%d" % sys.version_info[:2])'
 #: How much of a failed job's stderr its error carries.
 STDERR_TAIL_BYTES = 4000
 
@@ -72,6 +85,7 @@ class Task:
     calls: list[_Call]
     resources: Resources
     job_name: str
+    plan: EnvironmentPlan | None = None
     index: int = -1
     job_id: str | None = None
     batch: _Batch | None = None
@@ -86,19 +100,21 @@ class Task:
         payloads: Sequence[bytes],
         resources: Resources,
         job_name: str,
+        plan: EnvironmentPlan | None = None,
     ) -> Task:
         """A task running ``payloads`` and resolving ``futures`` (same order)."""
-        task = cls(
-            [_Call(f, p) for f, p in zip(futures, payloads, strict=True)], resources, job_name
-        )
+        calls = [_Call(f, p) for f, p in zip(futures, payloads, strict=True)]
+        task = cls(calls, resources, job_name, plan)
         for call in task.calls:
             call.task = task
         return task
 
     @property
-    def group_key(self) -> tuple[str, str]:
-        """Tasks with equal keys can share one submission."""
-        return (self.resources.model_dump_json(), self.job_name)
+    def group_key(self) -> tuple[str, str, str, tuple[str, ...]]:
+        """Tasks with equal keys can share one submission (same resources, same code)."""
+        code = self.plan.code_hash if self.plan else ""
+        requirements = self.plan.requirements if self.plan else ()
+        return (self.resources.model_dump_json(), self.job_name, code, requirements)
 
     def open_calls(self) -> list[_Call]:
         """Calls still waiting for their outcome."""
@@ -143,12 +159,16 @@ class Engine:
         *,
         max_workers: int | None,
         python: str,
+        build_environment: bool,
     ) -> None:
         self.config = config
         self.scheduler = scheduler
         self.transport = transport
         self.max_workers = max_workers
         self.python = python
+        self.build_environment = build_environment
+        self._setup = setup_lines(config.module_loads, config.environment_variables)
+        self._prepared: dict[tuple[str, str], asyncio.Future[tuple[str, str | None]]] = {}
         self._loop = loop
         self._held: deque[Task] = deque()
         self._batches: list[_Batch] = []
@@ -171,15 +191,134 @@ class Engine:
         await self.transport.connect()
         self.work_dir = await self.transport.expand(self.config.remote_work_dir)
         self.jobs_root = f"{self.work_dir}/jobs"
-        runtime_dir = f"{self.work_dir}/runtime"
-        await self.transport.makedirs(self.jobs_root)
-        await self.transport.makedirs(runtime_dir)
         bundle = worker_bundle()
-        self.worker_path = f"{runtime_dir}/{bundle.filename}"
-        if not await self.transport.exists(self.worker_path):
+        self.worker_path = f"{self.work_dir}/runtime/{bundle.filename}"
+        if not await self._check_python_and_layout():
             await self.transport.write_bytes(self.worker_path, bundle.data, mode=0o644)
         await self.scheduler.discover(self._run_scheduler_command)
         self._loops = [self._spawn(self._submitter()), self._spawn(self._monitor())]
+
+    async def _check_python_and_layout(self) -> bool:
+        """One round trip: create the work directories, check the Python on the cluster
+        (same minor version as here: pickled code depends on it), and whether the worker
+        runtime is already there (returned)."""
+        q = shlex.quote
+        dirs = " ".join(q(f"{self.work_dir}/{d}") for d in ("jobs", "runtime", "code", "envs"))
+        script = "\n".join(
+            [
+                f"umask 077; mkdir -p {dirs} || exit 3",
+                f"{q(self.python)} -c {q(_VERSION_PROBE)} 2>&1 || echo CLUSTRIX-PY-MISSING",
+                f"test -f {q(self.worker_path)} && echo CLUSTRIX-RUNTIME-OK; exit 0",
+            ]
+        )
+        result = await self._run(["sh", "-c", script], counts_as="setup")
+        where = self.transport.location
+        if result.returncode == 3:
+            raise TransportError(
+                f"cannot create remote_work_dir {self.work_dir!r} on {where}: "
+                f"{result.stderr.strip()}; choose a writable remote_work_dir"
+            )
+        found = re.search(r"CLUSTRIX-PY (\d+\.\d+)", result.stdout)
+        if found is None:
+            detail = result.stdout.replace("CLUSTRIX-PY-MISSING", "").strip()
+            raise PackagingError(
+                f"python_executable {self.python!r} does not run on {where}"
+                f"{': ' + detail[-500:] if detail else ''}; set python_executable to the "
+                "cluster's Python (same minor version as here: "
+                f"{sys.version_info.major}.{sys.version_info.minor})"
+            )
+        here = f"{sys.version_info.major}.{sys.version_info.minor}"
+        if found.group(1) != here:
+            raise PackagingError(
+                f"the cluster's Python ({self.python!r} on {where}) is {found.group(1)}, this "
+                f"one is {here}: pickled code only runs on the same minor version; set "
+                f"python_executable to a Python {here} on the cluster"
+            )
+        return "CLUSTRIX-RUNTIME-OK" in result.stdout
+
+    async def _prepare(self, plan: EnvironmentPlan | None) -> tuple[str, str | None]:
+        """Make sure the plan's code and environment exist on the cluster, once per
+        executor (concurrent submissions wait for the same preparation). Returns the Python
+        to run and the code directory to put on PYTHONPATH."""
+        if plan is None:
+            return self.python, None
+        env_hash = plan.env_hash(self.python, self._setup) if self._needs_env(plan) else ""
+        key = (plan.code_hash, env_hash)
+        prepared = self._prepared.get(key)
+        if prepared is None:
+            prepared = self._prepared[key] = asyncio.ensure_future(
+                self._prepare_remote(plan, env_hash)
+            )
+        try:
+            return await asyncio.shield(prepared)
+        except BaseException:
+            if self._prepared.get(key) is prepared and prepared.done():
+                del self._prepared[key]  # a later submission tries again
+            raise
+
+    def _needs_env(self, plan: EnvironmentPlan) -> bool:
+        return bool(self.build_environment and plan.requirements)
+
+    async def _prepare_remote(self, plan: EnvironmentPlan, env_hash: str) -> tuple[str, str | None]:
+        q = shlex.quote
+        code_dir = f"{self.work_dir}/code/{plan.code_hash}" if plan.code_hash else None
+        env_dir = f"{self.work_dir}/envs/{env_hash}" if env_hash else None
+        checks = []
+        if code_dir:
+            checks.append(f"test -f {q(code_dir)}/.complete && echo CODE-OK")
+        if env_dir:
+            checks.append(f"test -f {q(env_dir)}/{READY_MARKER} && echo ENV-OK")
+        if not checks:
+            return self.python, None
+        found = (await self._run(["sh", "-c", "\n".join([*checks, "exit 0"])], "setup")).stdout
+        if code_dir and "CODE-OK" not in found:
+            await self._upload_code(plan, code_dir)
+        if env_dir and "ENV-OK" not in found:
+            await self._build_env(plan, env_dir)
+        return (f"{env_dir}/bin/python" if env_dir else self.python), code_dir
+
+    async def _upload_code(self, plan: EnvironmentPlan, code_dir: str) -> None:
+        q = shlex.quote
+        tmp = f"{code_dir}.{uuid.uuid4().hex}"
+        await self.transport.write_bytes(f"{tmp}.tar.gz", plan.archive, mode=0o600)
+        # Unpack beside the final name, then rename: a half-unpacked archive is never used,
+        # and a concurrent upload of the same hash simply loses the race.
+        script = (
+            f'set -e; tmp={q(tmp)}; mkdir -p "$tmp"; tar -xzf "$tmp.tar.gz" -C "$tmp"; '
+            f'touch "$tmp/.complete"; rm -f "$tmp.tar.gz"; '
+            f'mv -T "$tmp" {q(code_dir)} 2>/dev/null || rm -rf "$tmp"'
+        )
+        result = await self._run(["sh", "-c", script], "setup")
+        if not result.ok:
+            raise PackagingError(
+                f"could not unpack the local code archive in {code_dir}: {result.stderr.strip()}"
+            )
+        self.stats["packaging.code_uploads"] += 1
+
+    async def _build_env(self, plan: EnvironmentPlan, env_dir: str) -> None:
+        requirements = f"{env_dir}.requirements.txt"
+        await self.transport.write_bytes(
+            requirements, ("\n".join(plan.requirements) + "\n").encode(), mode=0o600
+        )
+        timeout_s = self.config.env_build_timeout_s
+        script = env_build_script(
+            env_dir=env_dir,
+            python=self.python,
+            requirements_file=requirements,
+            setup_lines=self._setup,
+            timeout_s=int(timeout_s),
+        )
+        self.stats["commands.sh:env-build"] += 1
+        result = await self.transport.run(["sh", "-c", script], timeout_s=timeout_s)
+        if not result.ok:
+            raise PackagingError(
+                f"building the environment {env_dir} on {self.transport.location} failed "
+                f"(exit status {result.returncode}); requirements: "
+                f"{', '.join(plan.requirements)}\n--- pip's output (tail) ---\n"
+                f"{result.stderr.strip()[-3000:]}"
+            )
+        if "CLUSTRIX-ENV built" in result.stdout:
+            self.stats["packaging.env_builds"] += 1
 
     async def close(self) -> None:
         """Finish pending cancellations and clean-ups, then close the transport."""
@@ -315,17 +454,25 @@ class Engine:
                 return
             self._update_idle()
 
-    def _spec(self, job_dir: str, tasks: list[Task], throttle: int | None) -> JobSpec:
+    def _spec(
+        self,
+        job_dir: str,
+        tasks: list[Task],
+        throttle: int | None,
+        python: str,
+        code_path: str | None,
+    ) -> JobSpec:
         return JobSpec(
             job_dir=job_dir,
             n_tasks=len(tasks),
             resources=tasks[0].resources,
             job_name=tasks[0].job_name,
-            python=self.python,
+            python=python,
             worker_path=self.worker_path,
             module_loads=tuple(self.config.module_loads),
             environment=dict(self.config.environment_variables),
             array_throttle=throttle,
+            code_path=code_path,
         )
 
     async def _submit_batch(self, tasks: list[Task], throttle: int | None) -> None:
@@ -341,9 +488,10 @@ class Engine:
                 if call.future is not None:
                     batch.paths[self._result_path(batch, call)] = call
                     call.future._job_dir, call.future._task_index = job_dir, task_index
-        spec = self._spec(job_dir, tasks, throttle)
         self._batches.append(batch)
         try:
+            python, code_path = await self._prepare(tasks[0].plan)
+            spec = self._spec(job_dir, tasks, throttle, python, code_path)
             await self._upload(batch, spec)
             script_path = spec.path(_wire.SCRIPT_FILE)
             argv = self.scheduler.submit_argv(spec, script_path)

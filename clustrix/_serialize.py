@@ -3,17 +3,10 @@
 ``dumps_call`` fails at ``submit()`` time, naming the offending object, so a bad argument
 never reaches the cluster. ``load_result`` turns a worker's record back into a value or
 into the user's own exception, with the remote traceback attached as ``__cause__``.
-
-Until the dependency packager ships local code as archives, modules that no installed
-distribution owns (the user's own code beside a script, test modules) are pickled *by value*
-so the node does not need to import them.
 """
 
 from __future__ import annotations
 
-import functools
-import importlib.metadata
-import sys
 from typing import Any
 
 import cloudpickle
@@ -22,25 +15,6 @@ from . import _wire
 from .errors import RemoteError, RemoteTraceback, SerializationError
 
 __all__ = ["decode_result", "dumps_call"]
-
-
-@functools.cache
-def _installed_top_level_names() -> frozenset[str]:
-    return frozenset(importlib.metadata.packages_distributions())
-
-
-def _ship_by_value(obj: Any) -> None:
-    """Register the top-level package of ``obj``'s module for pickling by value if it is
-    the user's own code (neither standard library nor an installed distribution)."""
-    module_name = getattr(obj, "__module__", None) or getattr(type(obj), "__module__", None)
-    if not module_name or module_name in ("__main__", "builtins"):
-        return  # cloudpickle already pickles __main__ by value
-    top = module_name.partition(".")[0]
-    if top in sys.stdlib_module_names or top in _installed_top_level_names():
-        return
-    module = sys.modules.get(top)
-    if module is not None and top != "clustrix":
-        cloudpickle.register_pickle_by_value(module)
 
 
 def _describe(obj: Any) -> str:
@@ -54,9 +28,6 @@ def dumps_call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
     """Pickle one call; :class:`SerializationError` names the object that cannot travel."""
     if not callable(fn):
         raise TypeError(f"{fn!r} is not callable")
-    _ship_by_value(fn)
-    for value in (*args, *kwargs.values()):
-        _ship_by_value(value)
     try:
         payload: bytes = cloudpickle.dumps((fn, args, kwargs), protocol=5)
     except Exception as exc:

@@ -135,6 +135,27 @@ class ClusterConfig(Resources):
         default_factory=dict, description="Variables exported in each job."
     )
 
+    packaging: bool = Field(
+        True,
+        description="Ship the caller's local code and recreate its requirements on the "
+        "cluster. Off: the node must already import everything the calls need.",
+    )
+    build_environment: bool | None = Field(
+        None,
+        description="Build a virtual environment with the pinned requirements (default: "
+        "when the cluster is remote). False: use python_executable as it is (a conda env, "
+        "a container wrapper).",
+    )
+    extra_requirements: list[str] = Field(
+        default_factory=list, description="Requirements to install beyond those detected."
+    )
+    exclude_modules: list[str] = Field(
+        default_factory=list,
+        description="Top-level modules never shipped nor pinned (the cluster provides them).",
+    )
+    env_build_timeout_s: float = Field(
+        1800.0, gt=0, description="Timeout of building a remote environment (pip install)."
+    )
     max_workers: int | None = Field(
         None,
         description="At most this many jobs in flight (queued or running). Default: CPU "
@@ -285,6 +306,8 @@ def config_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     for var, raw in sorted(environ.items()):
         if not var.startswith(ENV_PREFIX) or var in _RESERVED_ENV:
             continue
+        if var.startswith("CLUSTRIX_TEST_"):
+            continue  # the test suite's own settings (where the test cluster is)
         name, _, key = var[len(ENV_PREFIX) :].lower().partition("__")
         if name not in fields:
             hint = _suggest(name, fields)

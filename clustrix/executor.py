@@ -43,6 +43,7 @@ from ._serialize import dumps_call
 from .config import ClusterConfig, Resources
 from .errors import BrokenClusterExecutor, ConfigError
 from .future import ClusterFuture
+from .packaging import EnvironmentPlan, Packager
 from .schedulers.base import Scheduler
 from .transports.base import Transport
 
@@ -53,6 +54,8 @@ T = TypeVar("T")
 # Strong references: an executor that the user dropped without shutting down still has
 # jobs whose results must not be lost; at exit we wait for them (as ProcessPoolExecutor).
 _live_executors: set[ClusterExecutor] = set()
+#: map() plans the environment from the function and this many first calls' arguments.
+_PLAN_SAMPLE = 100
 _executor_ids = itertools.count(1)
 
 
@@ -108,8 +111,9 @@ class _Submitter:
         ``fn`` and every argument are pickled here, so one that cannot be sent fails now
         with a :class:`clustrix.SerializationError` naming it.
         """
+        plan = self._executor._plan(fn, [args], kwargs)
         payload = dumps_call(fn, args, kwargs)
-        (future,) = self._executor._enqueue(fn, [payload], 1, self._resources)
+        (future,) = self._executor._enqueue(fn, [payload], 1, self._resources, plan)
         return future
 
     def map(
@@ -141,8 +145,10 @@ class _Submitter:
         if chunksize is not None and chunksize < 1:
             raise ValueError(f"chunksize must be >= 1 (or None for automatic), got {chunksize}")
         # zip stops at the shortest iterable, as the builtin map does
-        payloads = [dumps_call(fn, args, {}) for args in zip(*iterables)]  # noqa: B905
-        return self._executor._enqueue(fn, payloads, chunksize, self._resources)
+        calls = list(zip(*iterables))  # noqa: B905
+        plan = self._executor._plan(fn, calls[:_PLAN_SAMPLE], {})
+        payloads = [dumps_call(fn, args, {}) for args in calls]
+        return self._executor._enqueue(fn, payloads, chunksize, self._resources, plan)
 
     def options(self, **resources: Any) -> ExecutorView:
         """A view of the same executor whose jobs ask for other resources.
@@ -200,6 +206,17 @@ class ClusterExecutor(_Submitter, Executor):
         self._shutdown_lock = threading.Lock()
         self._shutdown = False
         self._next_call = itertools.count()
+        self._packager = (
+            Packager(
+                exclude_modules=config.exclude_modules,
+                extra_requirements=config.extra_requirements,
+            )
+            if config.packaging
+            else None
+        )
+        build_environment = (
+            config.build_environment if config.build_environment is not None else config.is_remote
+        )
         self._loop = LoopThread(f"clustrix-executor-{next(_executor_ids)}")
         self._engine = Engine(
             config,
@@ -208,6 +225,7 @@ class ClusterExecutor(_Submitter, Executor):
             self._loop,
             max_workers=max_workers,
             python=python,
+            build_environment=build_environment and config.packaging,
         )
         try:
             self._loop.run(self._engine.start())
@@ -237,12 +255,33 @@ class ClusterExecutor(_Submitter, Executor):
 
         return self._loop.run(snapshot())
 
+    def plan_environment(
+        self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> EnvironmentPlan:
+        """What submitting ``fn(*args, **kwargs)`` would ship and install on the cluster.
+
+        ``print(ex.plan_environment(fn, x))`` lists the pinned requirements, the local
+        modules shipped as source, and imports found nowhere here.
+        """
+        plan = self._plan(fn, [args], kwargs)
+        if plan is None:
+            raise RuntimeError("packaging is turned off for this executor (packaging=False)")
+        return plan
+
+    def _plan(
+        self, fn: Callable[..., Any], calls: list[tuple[Any, ...]], kwargs: dict[str, Any]
+    ) -> EnvironmentPlan | None:
+        if self._packager is None:
+            return None
+        return self._packager.plan(fn, [arg for args in calls for arg in args], kwargs)
+
     def _enqueue(
         self,
         fn: Callable[..., Any],
         payloads: list[bytes],
         chunksize: int | None,
         resources: Resources,
+        plan: EnvironmentPlan | None = None,
     ) -> list[ClusterFuture[Any]]:
         if chunksize is None:
             slots = self._engine.slots(resources) or 1
@@ -258,7 +297,11 @@ class ClusterExecutor(_Submitter, Executor):
             futures = [ClusterFuture[Any](self._engine, next(self._next_call)) for _ in payloads]
             tasks = [
                 Task.of(
-                    futures[i : i + chunksize], payloads[i : i + chunksize], resources, job_name
+                    futures[i : i + chunksize],
+                    payloads[i : i + chunksize],
+                    resources,
+                    job_name,
+                    plan,
                 )
                 for i in range(0, len(payloads), chunksize)
             ]

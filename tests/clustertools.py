@@ -108,3 +108,34 @@ def backend_config(backend: str, tmp_path: Path, **overrides: Any) -> ClusterCon
         cluster = require_cluster(ssh=True, slurm=False)
         return cluster.ssh_config(cluster_type="slurm", remote_work_dir="~/.clustrix-tests", **fast)
     raise ValueError(backend)
+
+
+def ssh_run(command: str) -> str:
+    """Run a shell command as the test user over the test cluster's sshd; its stdout."""
+    import subprocess
+
+    cluster = test_cluster()
+    result = subprocess.run(
+        [
+            "ssh",
+            "-q",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            f"UserKnownHostsFile={cluster.known_hosts}",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-i",
+            str(cluster.key_file),
+            "-p",
+            str(cluster.port),
+            f"{cluster.user}@{cluster.host}",
+            command,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"ssh {command!r} failed ({result.returncode}): {result.stderr}")
+    return result.stdout

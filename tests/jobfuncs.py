@@ -121,3 +121,22 @@ def make_adder(n: int) -> Any:
 
 def read_env(name: str) -> str | None:
     return os.environ.get(name)
+
+
+def path_exists(path: str) -> bool:
+    return os.path.exists(os.path.expanduser(path))
+
+
+def count_existing(paths: list[str]) -> int:
+    return sum(os.path.exists(os.path.expanduser(p)) for p in paths)
+
+
+def timed_sleep(seconds: float) -> tuple[float, float]:
+    """Sleep; return the wall-clock start and end (to measure how many ran at once)."""
+    start = time.time()
+    time.sleep(seconds)
+    return start, time.time()
+
+
+def env_values(names: list[str]) -> dict[str, str | None]:
+    return {name: os.environ.get(name) for name in names}

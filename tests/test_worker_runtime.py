@@ -30,7 +30,7 @@ def test_bundle_is_deterministic_and_complete() -> None:
     names = zipfile.ZipFile(BytesIO(bundle.data)).namelist()
     assert {"clustrix/__init__.py", "clustrix/worker.py", "clustrix/_wire.py"} <= set(names)
     assert "cloudpickle/__init__.py" in names
-    assert not any(n.startswith("clustrix/transports") for n in names)
+    assert "clustrix/executor.py" in names  # user modules may import clustrix on the node
     assert bundle.filename == f"clustrix-worker-{bundle.digest}.zip"
     worker_bundle.cache_clear()
     assert worker_bundle().data == bundle.data  # same files, same bytes, same hash

@@ -22,6 +22,7 @@ __all__ = [
     "Scheduler",
     "TaskStatus",
     "render_body",
+    "setup_lines",
 ]
 
 #: States in which a job is running (the engine marks its futures RUNNING).
@@ -71,10 +72,20 @@ class JobSpec:
     environment: dict[str, str] = field(default_factory=dict)
     #: At most this many tasks of the array run at once (``--array=…%N``); None: no limit.
     array_throttle: int | None = None
+    #: Directory of the user's shipped local code, put on PYTHONPATH after the runtime.
+    code_path: str | None = None
 
     def path(self, *parts: str) -> str:
         """A path inside the job directory."""
         return "/".join((self.job_dir, *parts))
+
+
+def setup_lines(module_loads: Sequence[str], environment: dict[str, str]) -> list[str]:
+    """``module load`` and ``export`` lines (every value quoted), run before the worker."""
+    q = shlex.quote
+    lines = [f"module load {q(module)}" for module in module_loads]
+    lines += [f"export {name}={q(value)}" for name, value in environment.items()]
+    return lines
 
 
 def render_body(spec: JobSpec, task_index: str) -> str:
@@ -90,13 +101,13 @@ def render_body(spec: JobSpec, task_index: str) -> str:
     # named like the scheduler's must not move the task), and the script's own variables
     # carry a _clx_ prefix that user variables may not use (see ClusterConfig).
     lines = ["set -u", f"_clx_task={task_index}"]
-    lines += [f"module load {q(module)}" for module in spec.module_loads]
-    lines += [f"export {name}={q(value)}" for name, value in spec.environment.items()]
+    lines += setup_lines(spec.module_loads, spec.environment)
+    python_path = spec.worker_path + (f":{spec.code_path}" if spec.code_path else "")
     lines += [
         f"_clx_job_dir={q(spec.job_dir)}",
         f"_clx_exit_dir={q(spec.path(_wire.EXIT_DIR))}",
         "# PYTHONSAFEPATH: a 'clustrix' directory in the job's cwd must not shadow the runtime",
-        f'PYTHONSAFEPATH=1 PYTHONPATH={q(spec.worker_path)}"${{PYTHONPATH:+:$PYTHONPATH}}" \\',
+        f'PYTHONSAFEPATH=1 PYTHONPATH={q(python_path)}"${{PYTHONPATH:+:$PYTHONPATH}}" \\',
         f'  {q(spec.python)} -m clustrix.worker run "$_clx_job_dir" "$_clx_task" &',
         "_clx_child=$!",
         "trap 'kill -TERM \"$_clx_child\" 2>/dev/null' TERM INT HUP",

@@ -95,15 +95,9 @@ def test_leaving_map_early_cancels_calls_not_started(make_executor: MakeExecutor
     assert next(results) == markers[0]
     results.close()  # cancels every call that has not started
     executor.submit(jf.add, 0, 0).result(timeout=120)  # runs after whatever had started
-    ran = executor.submit(_count_existing, markers).result(timeout=120)
+    ran = executor.submit(jf.count_existing, markers).result(timeout=120)
     # The first call, and at most the one that took the freed slot before close().
     assert 1 <= ran <= 2
-
-
-def _count_existing(paths: list[str]) -> int:
-    import os
-
-    return sum(os.path.exists(os.path.expanduser(p)) for p in paths)
 
 
 def test_cancel_pending_future_removes_it(make_executor: MakeExecutor, tmp_path) -> None:
@@ -134,13 +128,7 @@ def test_cancel_running_future_fails_and_kill_stops_it(make_executor: MakeExecut
     assert info.value.state == "CANCELLED"
     assert info.value.job_id == future.job_id
     time.sleep(9)  # past the sleeper's end: had the job survived, the marker would exist
-    assert executor.submit(_exists, marker).result(timeout=120) is False
-
-
-def _exists(path: str) -> bool:
-    import os
-
-    return os.path.exists(os.path.expanduser(path))
+    assert executor.submit(jf.path_exists, marker).result(timeout=120) is False
 
 
 def test_shutdown_is_idempotent_and_refuses_new_work(make_executor: MakeExecutor) -> None:

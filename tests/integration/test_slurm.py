@@ -83,7 +83,7 @@ def test_default_chunking_uses_the_partition_slots(
 
 def test_max_workers_throttles_and_holds_back(make_slurm: Callable[..., ClusterExecutor]) -> None:
     executor = make_slurm(max_workers=2)
-    spans = list(executor.map(_timed_sleep, [1.0] * 6, chunksize=1))
+    spans = list(executor.map(jf.timed_sleep, [1.0] * 6, chunksize=1))
     events = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
     running = peak = 0
     for _, delta in events:
@@ -96,14 +96,6 @@ def test_max_workers_throttles_and_holds_back(make_slurm: Callable[..., ClusterE
     assert all(f.job_id is None or not f.running() for f in more)
     assert sum(f.cancel() for f in more) >= 2
     assert blocker.result(timeout=120) == "x"
-
-
-def _timed_sleep(seconds: float) -> tuple[float, float]:
-    import time
-
-    start = time.time()
-    time.sleep(seconds)
-    return start, time.time()
 
 
 def test_arrays_are_split_at_max_array_size(make_slurm: Callable[..., ClusterExecutor]) -> None:
@@ -160,17 +152,14 @@ def test_invalid_partition_is_a_submission_error(
 
 def test_resources_reach_the_job(make_slurm: Callable[..., ClusterExecutor]) -> None:
     executor = make_slurm(environment_variables={"CLUSTRIX_PROBE": "a b'c\"$d"})
-    env = executor.options(cores=2, job_name="probe job").submit(_slurm_env).result(timeout=120)
+    env = (
+        executor.options(cores=2, job_name="probe job")
+        .submit(jf.env_values, ["SLURM_CPUS_PER_TASK", "SLURM_JOB_NAME", "CLUSTRIX_PROBE"])
+        .result(timeout=120)
+    )
     assert env["SLURM_CPUS_PER_TASK"] == "2"
     assert env["SLURM_JOB_NAME"] == "probe_job"
     assert env["CLUSTRIX_PROBE"] == "a b'c\"$d"
-
-
-def _slurm_env() -> dict[str, str | None]:
-    import os
-
-    names = ("SLURM_CPUS_PER_TASK", "SLURM_JOB_NAME", "CLUSTRIX_PROBE")
-    return {name: os.environ.get(name) for name in names}
 
 
 def test_time_limit_fails_the_future_with_timeout(tmp_path: Path) -> None:
