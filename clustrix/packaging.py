@@ -163,11 +163,28 @@ def _pin(dist_name: str, pins: dict[str, str]) -> None:
         return
     pins[key] = f"{name}=={dist.version}"
     for requirement in dist.requires or []:
+        required = _required_name(requirement)
+        if required:
+            _pin(required, pins)  # only what is installed here gets pinned
+
+
+def _required_name(requirement: str) -> str | None:
+    """The distribution a requirement names, or None if its marker excludes it here
+    (optional extras, other Python versions or platforms)."""
+    try:
+        from packaging.requirements import InvalidRequirement, Requirement
+    except ImportError:  # no 'packaging' here: skip extras, keep the rest
         if "extra ==" in requirement.replace("extra==", "extra =="):
-            continue  # optional extras are not part of what was installed for this one
+            return None
         match = _REQ_NAME.match(requirement)
-        if match:
-            _pin(match.group(1), pins)  # only what is installed here gets pinned
+        return match.group(1) if match else None
+    try:
+        parsed = Requirement(requirement)
+    except InvalidRequirement:
+        return None
+    if parsed.marker is not None and not parsed.marker.evaluate({"extra": ""}):
+        return None
+    return parsed.name
 
 
 # ---------------------------------------------------------------------------- what code needs
@@ -332,9 +349,9 @@ class Packager:
             if top in _RUNTIME_PACKAGES:
                 for dist in dists:  # the user's code imports clustrix: it needs its deps
                     for req in importlib.metadata.requires(dist) or []:
-                        match = _REQ_NAME.match(req)
-                        if match and "extra ==" not in req:
-                            _pin(match.group(1), pins)
+                        required = _required_name(req)
+                        if required:
+                            _pin(required, pins)
                 continue
             if dists and not all(_dist_is_local(d) for d in dists):
                 for dist in dists:
