@@ -13,6 +13,7 @@ the :class:`~clustrix.schedulers.base.Scheduler` and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import pickle
 import posixpath
@@ -20,6 +21,7 @@ import re
 import secrets
 import shlex
 import sys
+import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Coroutine, Sequence
@@ -43,7 +45,7 @@ from .errors import (
     TransportError,
 )
 from .future import ClusterFuture
-from .monitor import Backoff, parse_poll_output, poll_script
+from .monitor import parse_poll_output, poll_delay, poll_script
 from .packaging import READY_MARKER, EnvironmentPlan, env_build_script
 from .schedulers.base import (
     ENDED_STATES,
@@ -64,6 +66,8 @@ BATCH_WINDOW_S = 0.005
 #: At most this many file transfers in flight at once over one connection.
 IO_CONCURRENCY = 64
 _VERSION_PROBE = 'import sys; print("CLUSTRIX-PY %d.%d" % sys.version_info[:2])'
+#: At most this many consumed files are deleted by one poll command (keeps it short).
+MAX_DELETE = 1000
 #: How much of a failed job's stderr its error carries.
 STDERR_TAIL_BYTES = 4000
 
@@ -138,6 +142,7 @@ class _Batch:
     throttle: int | None
     had_failure: bool = False
     paths: dict[str, _Call] = field(default_factory=dict)  # result path -> call
+    submitted_at: float = field(default_factory=time.monotonic)
 
     def unfinished(self) -> int:
         return sum(not t.finalized for t in self.tasks)
@@ -175,6 +180,7 @@ class Engine:
         self._call_of: dict[ClusterFuture[Any], _Call] = {}
         self._to_cancel: set[str] = set()
         self._finished_dirs: list[str] = []  # job dirs to delete at close (cleanup policy)
+        self._consumed: list[str] = []  # files the next poll deletes (see _consume)
         #: Counters: ``poll_cycles`` and ``commands.<program>`` run on the cluster.
         self.stats: Counter[str] = Counter()
         self._background: set[asyncio.Task[Any]] = set()
@@ -556,27 +562,27 @@ class Engine:
 
     # ------------------------------------------------------------------ monitor
     async def _monitor(self) -> None:
-        backoff = Backoff(self.config.poll_interval_min_s, self.config.poll_interval_max_s)
         while True:
             if not self._batches:
                 await self._wake_monitor.wait()
                 self._wake_monitor.clear()
-                backoff.reset()
                 continue
             try:
-                if await self._poll_once():
-                    backoff.reset()
+                await self._poll_once()
             except (TransportError, OSError) as exc:
                 # The connection may come back; futures keep waiting meanwhile.
                 log.warning("clustrix: status poll failed, will retry: %s", exc)
             except Exception as exc:  # a bug: fail loudly rather than leave futures hanging
                 self._break(exc)
                 return
-            try:
-                await asyncio.wait_for(self._wake_monitor.wait(), backoff.next_delay())
-                backoff.reset()
-            except asyncio.TimeoutError:
-                pass
+            newest = max((b.submitted_at for b in self._batches), default=time.monotonic())
+            delay = poll_delay(
+                time.monotonic() - newest,
+                self.config.poll_interval_min_s,
+                self.config.poll_interval_max_s,
+            )
+            with contextlib.suppress(asyncio.TimeoutError):  # woken early by a submission
+                await asyncio.wait_for(self._wake_monitor.wait(), delay)
             self._wake_monitor.clear()
 
     def _result_path(self, batch: _Batch, call: _Call) -> str:
@@ -590,7 +596,8 @@ class Engine:
             return False
         job_ids = [t.job_id for t in tasks if t.job_id]
         status_argv = self.scheduler.status_argv(job_ids)
-        script = poll_script(status_argv, [b.job_dir for b in batches], self.jobs_root)
+        consumed, self._consumed = self._consumed[:MAX_DELETE], self._consumed[MAX_DELETE:]
+        script = poll_script(status_argv, [b.job_dir for b in batches], self.jobs_root, consumed)
         self.stats["poll_cycles"] += 1
         result = await self._run(["sh", "-c", script], counts_as=status_argv[0])
         seen = parse_poll_output(result.stdout)
@@ -655,6 +662,7 @@ class Engine:
                 log.warning("clustrix: cannot read a result yet, will retry: %s", data)
                 continue
             assert call.task is not None and call.task.batch is not None
+            self._consume(self._result_path(call.task.batch, call))
             try:
                 record = _wire.load_record(call.task.batch.secret, data)
             except (ValueError, pickle.UnpicklingError) as exc:
@@ -727,8 +735,15 @@ class Engine:
                 self._resolve(call, None, error)
             self._finalize(task, final, exit_code)
 
+    def _consume(self, path: str) -> None:
+        """A file read for the last time: the next poll deletes it (unless kept for good)."""
+        if self.config.cleanup != "never":
+            self._consumed.append(path)
+
     def _finalize(self, task: Task, status: TaskStatus | None, exit_code: int | None) -> None:
         task.finalized = True
+        if exit_code is not None and task.batch is not None:
+            self._consume(f"{task.batch.job_dir}/{_wire.EXIT_DIR}/{task.index}")
         if status is not None and status.state in ENDED_STATES:
             task.set_state(status.state)
         elif exit_code is not None:

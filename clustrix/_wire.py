@@ -22,7 +22,12 @@ import hashlib
 import hmac
 import os
 import pickle
-from typing import Any
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the worker should not import typing
+if TYPE_CHECKING:
+    from typing import Any, TypeAlias
+
+    Record: TypeAlias = dict[str, Any]
 
 MAGIC = b"CLX1"
 _MAC_LEN = hashlib.sha256().digest_size
@@ -39,7 +44,6 @@ SUFFIX = ".pkl"
 #   {"ok": True,  "value": <cloudpickle bytes>}
 #   {"ok": False, "type": "pkg.mod.Error", "message": str, "traceback": str,
 #    "exception": <cloudpickle bytes> | None}
-Record = dict[str, Any]
 
 
 def seal(secret: bytes, body: bytes) -> bytes:

@@ -26,6 +26,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from .errors import ConfigError
@@ -186,6 +187,15 @@ class ClusterConfig(Resources):
         close = difflib.get_close_matches(value, CLUSTER_TYPES + _PLANNED_CLUSTER_TYPES, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ValueError(f"unknown cluster_type {value!r}{hint}; use one of {CLUSTER_TYPES}")
+
+    @model_validator(mode="after")
+    def _poll_bounds(self) -> ClusterConfig:
+        if self.poll_interval_max_s < self.poll_interval_min_s:
+            raise ValueError(
+                f"poll_interval_max_s ({self.poll_interval_max_s}) must be at least "
+                f"poll_interval_min_s ({self.poll_interval_min_s})"
+            )
+        return self
 
     @field_validator("max_workers")
     @classmethod

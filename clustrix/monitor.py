@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from . import _wire
 
-__all__ = ["Backoff", "PollOutput", "parse_poll_output", "poll_script"]
+__all__ = ["PollOutput", "parse_poll_output", "poll_delay", "poll_script"]
 
 MARK = "@@clustrix-poll@@"
 #: Beyond this many job directories, scan the whole jobs root instead of listing each one,
@@ -26,9 +26,20 @@ MARK = "@@clustrix-poll@@"
 MAX_LISTED_DIRS = 200
 
 
-def poll_script(status_argv: Sequence[str] | None, job_dirs: Sequence[str], jobs_root: str) -> str:
-    """The ``sh`` script of one poll cycle."""
+def poll_script(
+    status_argv: Sequence[str] | None,
+    job_dirs: Sequence[str],
+    jobs_root: str,
+    consumed: Sequence[str] = (),
+) -> str:
+    """The ``sh`` script of one poll cycle.
+
+    ``consumed`` are files read already (results fetched, exit files of finished tasks):
+    deleting them here, in the same round trip, keeps every later listing short.
+    """
     lines = []
+    if consumed:
+        lines.append(f"rm -f -- {' '.join(shlex.quote(p) for p in consumed)}")
     if status_argv:
         lines.append(f'{shlex.join(status_argv)} 2>&1; echo "{MARK} $?"')
     else:
@@ -75,19 +86,11 @@ def parse_poll_output(stdout: str) -> PollOutput:
     return output
 
 
-class Backoff:
-    """Poll delays: fast after a change, growing by ``factor`` while nothing changes."""
+def poll_delay(age_s: float, min_s: float, max_s: float, fraction: float = 0.1) -> float:
+    """Seconds to wait before the next poll, for jobs submitted ``age_s`` seconds ago.
 
-    def __init__(self, min_s: float, max_s: float, factor: float = 1.5) -> None:
-        self.min_s, self.max_s, self.factor = min_s, max(min_s, max_s), factor
-        self.delay_s = min_s
-
-    def reset(self) -> None:
-        """Something changed: poll soon again."""
-        self.delay_s = self.min_s
-
-    def next_delay(self) -> float:
-        """The delay before the next poll; grows each time it is asked for."""
-        delay = self.delay_s
-        self.delay_s = min(self.max_s, self.delay_s * self.factor)
-        return delay
+    A fixed fraction of the jobs' age: a result is noticed within about 10 % of the time the
+    job took, however long that is, while a long job costs few polls (about one per 10 %
+    of its age, so a logarithmic number up to the ``max_s`` cap). Never below ``min_s``.
+    """
+    return min(max_s, max(min_s, fraction * age_s))

@@ -4,17 +4,20 @@ It reads the task's calls, runs each, and writes one sealed result record per ca
 atomically, before moving on to the next call: a worker that dies half-way through a chunk
 keeps the results it already produced.
 
-It knows nothing of transports, schedulers or the executor, and imports only the standard
-library, :mod:`clustrix._wire` and cloudpickle, so a job starts fast and the cluster needs no
-clustrix install (both modules and cloudpickle travel in a small zip on ``PYTHONPATH``).
+It knows nothing of transports, schedulers or the executor, and imports only a few standard
+modules and :mod:`clustrix._wire`, so a job starts fast and the cluster needs no clustrix
+install (clustrix and cloudpickle travel in a small zip on ``PYTHONPATH``). Calls are
+unpickled with the standard :mod:`pickle`, which imports cloudpickle only if the call was
+pickled by value (``__main__`` code, lambdas); results are pickled with :mod:`pickle` and
+fall back to cloudpickle for what only it can pickle. Every import saved here is saved in
+every job of every array.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import sys
-import traceback
-from typing import Any
 
 from clustrix import _wire
 
@@ -28,8 +31,20 @@ def _qualified_name(cls: type) -> str:
     return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
 
 
+def _dumps(obj: object) -> bytes:
+    """Pickle with the standard library; cloudpickle for what only it can pickle (classes
+    and functions that exist only by value, lambdas)."""
+    try:
+        return pickle.dumps(obj, protocol=5)
+    except Exception:
+        import cloudpickle
+
+        data: bytes = cloudpickle.dumps(obj, protocol=5)
+        return data
+
+
 def _error_record(exc: BaseException, context: str = "") -> _wire.Record:
-    import cloudpickle
+    import traceback
 
     # Skip the worker's own frame: the user wants to see where *their* code failed.
     tb = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
@@ -37,7 +52,7 @@ def _error_record(exc: BaseException, context: str = "") -> _wire.Record:
     if context:
         text = f"{context}\n{text}"
     try:
-        pickled: bytes | None = cloudpickle.dumps(exc)
+        pickled: bytes | None = _dumps(exc)
     except Exception:  # the exception itself cannot travel: keep its name, message, traceback
         pickled = None
     return {
@@ -51,18 +66,16 @@ def _error_record(exc: BaseException, context: str = "") -> _wire.Record:
 
 def run_call(payload: bytes) -> _wire.Record:
     """Unpickle one call, run it, and return its result record (never raises)."""
-    import cloudpickle
-
     try:
-        fn, args, kwargs = cloudpickle.loads(payload)
+        fn, args, kwargs = pickle.loads(payload)
     except BaseException as exc:
         return _error_record(exc, "clustrix: the call could not be unpickled on the node")
     try:
-        value: Any = fn(*args, **kwargs)
+        value = fn(*args, **kwargs)
     except BaseException as exc:  # SystemExit/KeyboardInterrupt from user code are results too
         return _error_record(exc)
     try:
-        return {"ok": True, "value": cloudpickle.dumps(value)}
+        return {"ok": True, "value": _dumps(value)}
     except BaseException as exc:
         return _error_record(
             exc, f"clustrix: the result (a {_qualified_name(type(value))}) cannot be pickled"
@@ -71,8 +84,6 @@ def run_call(payload: bytes) -> _wire.Record:
 
 def run_task(job_dir: str, task_index: int) -> int:
     """Run every call of one task; return the process exit status."""
-    import pickle
-
     try:
         with open(os.path.join(job_dir, _wire.SECRET_FILE), "rb") as fh:
             secret = fh.read()

@@ -82,7 +82,7 @@ def test_a_failing_call_in_a_chunk_fails_only_its_own_result(executor: ClusterEx
 
 
 def test_map_timeout_is_one_overall_deadline(executor: ClusterExecutor) -> None:
-    results = executor.map(jf.sleep_then, [30, 30], timeout=1.0, chunksize=1)
+    results = executor.map(jf.sleep_then, [5, 5], timeout=1.0, chunksize=1)
     with pytest.raises(cf.TimeoutError):
         list(results)
 

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from clustrix import _wire
-from clustrix.monitor import MARK, MAX_LISTED_DIRS, Backoff, parse_poll_output, poll_script
+from clustrix.monitor import MARK, MAX_LISTED_DIRS, parse_poll_output, poll_delay, poll_script
 
 
 def run_poll(script: str) -> str:
@@ -145,42 +145,26 @@ def test_parse_poll_output_status_not_ok(text: str) -> None:
     assert parse_poll_output(text).status_ok is False
 
 
-# --------------------------------------------------------------------------- Backoff
-def test_backoff_grows_and_caps() -> None:
-    backoff = Backoff(0.05, 0.5, factor=2)
-    delays = [backoff.next_delay() for _ in range(7)]
-    assert delays == pytest.approx([0.05, 0.1, 0.2, 0.4, 0.5, 0.5, 0.5])
-
-
-def test_backoff_default_factor_and_reset() -> None:
-    backoff = Backoff(1.0, 5.0)
-    assert [backoff.next_delay() for _ in range(6)] == pytest.approx(
-        [1.0, 1.5, 2.25, 3.375, 5.0, 5.0]
-    )
-    backoff.reset()
-    assert backoff.next_delay() == 1.0
-    assert backoff.next_delay() == 1.5
-
-
-def test_backoff_max_below_min_stays_at_min() -> None:
-    backoff = Backoff(2.0, 1.0)
-    assert [backoff.next_delay() for _ in range(3)] == [2.0, 2.0, 2.0]
+# --------------------------------------------------------------------------- poll_delay
+def test_poll_delay_is_a_tenth_of_the_age_within_bounds() -> None:
+    assert poll_delay(0.0, 0.05, 5.0) == 0.05  # just submitted: poll at the floor
+    assert poll_delay(0.3, 0.05, 5.0) == 0.05
+    assert poll_delay(2.0, 0.05, 5.0) == pytest.approx(0.2)
+    assert poll_delay(30.0, 0.05, 5.0) == pytest.approx(3.0)
+    assert poll_delay(3600.0, 0.05, 5.0) == 5.0  # an hour-long job: the cap
 
 
 @given(
-    min_s=st.floats(0.001, 10),
-    spread=st.floats(1, 100),
-    factor=st.floats(1.01, 4),
-    n=st.integers(1, 60),
+    ages=st.lists(st.floats(0, 1e6), min_size=2, max_size=20),
+    min_s=st.floats(0.001, 1),
+    spread=st.floats(1, 1000),
 )
-def test_backoff_is_monotonic_and_bounded(
-    min_s: float, spread: float, factor: float, n: int
+def test_poll_delay_grows_with_age_and_stays_bounded(
+    ages: list[float], min_s: float, spread: float
 ) -> None:
     max_s = min_s * spread
-    backoff = Backoff(min_s, max_s, factor)
-    delays = [backoff.next_delay() for _ in range(n)]
-    assert delays[0] == min_s
+    delays = [poll_delay(age, min_s, max_s) for age in sorted(ages)]
     assert all(a <= b for a, b in itertools.pairwise(delays))
     assert all(min_s <= d <= max_s for d in delays)
-    backoff.reset()
-    assert backoff.next_delay() == min_s
+    # the extra wait for a result is at most 10 % of the job's age (or the floor)
+    assert all(d <= max(min_s, 0.1 * age) for d, age in zip(delays, sorted(ages), strict=True))
