@@ -181,6 +181,7 @@ class Engine:
         self._to_cancel: set[str] = set()
         self._finished_dirs: list[str] = []  # job dirs to delete at close (cleanup policy)
         self._consumed: list[str] = []  # files the next poll deletes (see _consume)
+        self._lost_since: tuple[float, str] | None = None  # polls failing since (mono, wall)
         #: Counters: ``poll_cycles`` and ``commands.<program>`` run on the cluster.
         self.stats: Counter[str] = Counter()
         self._background: set[asyncio.Task[Any]] = set()
@@ -501,14 +502,7 @@ class Engine:
             await self._upload(batch, spec)
             script_path = spec.path(_wire.SCRIPT_FILE)
             argv = self.scheduler.submit_argv(spec, script_path)
-            result = await self._run(argv)
-            if not result.ok:
-                raise SubmissionError(
-                    f"{argv[0]} refused the job (exit status {result.returncode}): "
-                    f"{result.stderr.strip() or result.stdout.strip()}",
-                    argv=argv,
-                    stderr=result.stderr,
-                )
+            result = await self._submit_with_retries(argv, tasks)
             try:
                 job_ids = self.scheduler.parse_submit(spec, result.stdout)
             except ValueError as exc:
@@ -534,6 +528,31 @@ class Engine:
         if self._to_cancel:
             await self._flush_cancels()
         self._wake_monitor.set()
+
+    async def _submit_with_retries(self, argv: list[str], tasks: list[Task]) -> CommandResult:
+        """Run the submit command; wait and retry while the scheduler says "not now"
+        (submission rate limits, MaxSubmitJobs, a busy controller) rather than fail."""
+        deadline = time.monotonic() + self.config.submit_retry_s
+        delay_s = 1.0
+        while True:
+            result = await self._run(argv)
+            if result.ok:
+                return result
+            message = result.stderr.strip() or result.stdout.strip()
+            if not self.scheduler.is_transient_submit_error(message) or (
+                time.monotonic() + delay_s > deadline
+            ):
+                raise SubmissionError(
+                    f"{argv[0]} refused the job (exit status {result.returncode}): {message}",
+                    argv=argv,
+                    stderr=result.stderr,
+                )
+            log.warning("clustrix: %s: %s; retrying in %.0f s", argv[0], message, delay_s)
+            for task in tasks:
+                task.set_state("SUBMITTING")
+            self.stats["submit_retries"] += 1
+            await asyncio.sleep(delay_s)
+            delay_s = min(60.0, delay_s * 2)
 
     async def _upload(self, batch: _Batch, spec: JobSpec) -> None:
         t = self.transport
@@ -569,9 +588,11 @@ class Engine:
                 continue
             try:
                 await self._poll_once()
+                self._lost_since = None
             except (TransportError, OSError) as exc:
-                # The connection may come back; futures keep waiting meanwhile.
-                log.warning("clustrix: status poll failed, will retry: %s", exc)
+                # The connection may come back (the transport reconnects on the next call);
+                # futures keep waiting, up to the grace period.
+                self._connection_trouble(exc)
             except Exception as exc:  # a bug: fail loudly rather than leave futures hanging
                 self._break(exc)
                 return
@@ -584,6 +605,29 @@ class Engine:
             with contextlib.suppress(asyncio.TimeoutError):  # woken early by a submission
                 await asyncio.wait_for(self._wake_monitor.wait(), delay)
             self._wake_monitor.clear()
+
+    def _connection_trouble(self, exc: BaseException) -> None:
+        now = time.monotonic()
+        if self._lost_since is None:
+            self._lost_since = (now, time.strftime("%Y-%m-%d %H:%M:%S"))
+            log.warning("clustrix: lost touch with %s, retrying: %s", self.transport.location, exc)
+        started, wall = self._lost_since
+        if now - started < self.config.connection_grace_s:
+            return
+        job_ids = sorted({t.job_id for b in self._batches for t in b.tasks if t.job_id})
+        error = TransportError(
+            f"connection to {self.transport.location} lost since {wall} "
+            f"({now - started:.0f} s, longer than connection_grace_s="
+            f"{self.config.connection_grace_s:g}): {exc}. The jobs may still run on the "
+            f"cluster: {', '.join(job_ids[:20])}{' ...' if len(job_ids) > 20 else ''}"
+        )
+        for batch in list(self._batches):
+            for task in batch.tasks:
+                for call in task.open_calls():
+                    self._resolve(call, None, error)
+                task.finalized = True
+        self._retire_batches()
+        self._lost_since = None
 
     def _result_path(self, batch: _Batch, call: _Call) -> str:
         return f"{batch.job_dir}/{_wire.RESULTS_DIR}/{call.index}{_wire.SUFFIX}"

@@ -162,6 +162,18 @@ class ClusterConfig(Resources):
         description="At most this many jobs in flight (queued or running). Default: CPU "
         "count for local, no limit beyond the cluster's own otherwise.",
     )
+    connection_grace_s: float = Field(
+        600.0,
+        gt=0,
+        description="How long futures wait for a lost connection to come back before "
+        "they fail (the jobs keep running on the cluster).",
+    )
+    submit_retry_s: float = Field(
+        600.0,
+        ge=0,
+        description="How long a submission refused for now (rate limit, MaxSubmitJobs) "
+        "is retried, with backoff, before its futures fail.",
+    )
     poll_interval_min_s: float = Field(0.05, gt=0, description="First status poll delay.")
     poll_interval_max_s: float = Field(5.0, gt=0, description="Longest status poll delay.")
     cleanup: Literal["on_success", "always", "never"] = Field(

@@ -13,6 +13,8 @@
 #                                   and the SLURM node is idle/mixed/allocated; exit 1 otherwise
 #   scripts/testcluster.sh env      print the `export` lines the test suite reads:
 #                                   eval "$(scripts/testcluster.sh env)"
+#   scripts/testcluster.sh drop-ssh [down_s]   cut every SSH connection of the test user and
+#                                   keep sshd down for down_s seconds (fault-injection tests)
 #
 # Env:
 #   CLUSTRIX_TEST_STATE=/tmp/clustrix-testcluster  keys/ (id_ed25519, known_hosts) and sshd/
@@ -361,6 +363,14 @@ cmd_stop() {
     step "stopped"
 }
 
+cmd_drop_ssh() {  # drop every SSH connection of the test user, keep sshd down for $1 s
+    need_root drop-ssh
+    stop_sshd
+    pkill -KILL -f "^sshd: $TUSER" 2>/dev/null || true   # the per-connection processes
+    sleep "${1:-0}"
+    start_sshd
+}
+
 cmd_status() {
     local node state acct
     if ! ssh_test_user true 2>/dev/null; then
@@ -390,7 +400,8 @@ main() {
         stop) cmd_stop ;;
         status) cmd_status ;;
         env) cmd_env ;;
-        *) echo "usage: $0 start|stop|status|env" >&2; exit 2 ;;
+        drop-ssh) cmd_drop_ssh "${2:-0}" ;;
+        *) echo "usage: $0 start|stop|status|env|drop-ssh [down_s]" >&2; exit 2 ;;
     esac
 }
 

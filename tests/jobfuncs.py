@@ -140,3 +140,8 @@ def timed_sleep(seconds: float) -> tuple[float, float]:
 
 def env_values(names: list[str]) -> dict[str, str | None]:
     return {name: os.environ.get(name) for name in names}
+
+
+def slow_square(x: int) -> int:
+    time.sleep(0.05)
+    return x * x

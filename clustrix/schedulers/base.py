@@ -159,6 +159,10 @@ class Scheduler(ABC):
     def parse_status(self, stdout: str) -> dict[str, TaskStatus]:
         """States by job ID. A job absent from the result has ended and been forgotten."""
 
+    def is_transient_submit_error(self, message: str) -> bool:
+        """True if a refused submission should be retried later (e.g. a rate limit)."""
+        return False
+
     def status_ok_anyway(self, output: str) -> bool:
         """True if a non-zero exit of the status command still means a valid answer."""
         return False

@@ -22,6 +22,18 @@ MAX_LISTED_JOBS = 300
 _SQUEUE_FORMAT = "%i|%T|%r"
 _SACCT_FIELDS = "JobID,State,ExitCode,Reason"
 _SEP = "@@clustrix-discover@@"
+#: sbatch messages after which the same submission succeeds later (rate limits, job count
+#: limits, slurmctld busy or restarting).
+_TRANSIENT_SUBMIT_ERRORS = (
+    "Resource temporarily unavailable",
+    "MaxSubmitJobs",
+    "MaxSubmitJobLimit",
+    "QOSMaxSubmitJobPerUserLimit",
+    "AssocMaxSubmitJobLimit",
+    "Socket timed out",
+    "Unable to contact slurm controller",
+    "Slurm temporarily unable to accept job",
+)
 
 
 def parse_exit_code(text: str) -> int | None:
@@ -140,6 +152,11 @@ class SlurmScheduler(Scheduler):
         """The sbatch script: directives, then the common body."""
         lines = ["#!/bin/bash"] + [f"#SBATCH {option}" for option in self.directives(spec)]
         return "\n".join(lines) + "\n" + render_body(spec, '"${SLURM_ARRAY_TASK_ID:-0}"')
+
+    def is_transient_submit_error(self, message: str) -> bool:
+        """Refusals that mean "not now": submission limits and a busy or restarting
+        controller. Bad requests (invalid partition, impossible resources) are final."""
+        return any(pattern in message for pattern in _TRANSIENT_SUBMIT_ERRORS)
 
     def submit_argv(self, spec: JobSpec, script_path: str) -> list[str]:
         """``sbatch --parsable script``."""
