@@ -66,6 +66,8 @@ BATCH_WINDOW_S = 0.005
 #: At most this many file transfers in flight at once over one connection.
 IO_CONCURRENCY = 64
 _VERSION_PROBE = 'import sys; print("CLUSTRIX-PY %d.%d" % sys.version_info[:2])'
+#: Final states that say the infrastructure failed, not the call: retried (max_retries).
+RETRY_STATES = frozenset({"NODE_FAIL", "PREEMPTED", "BOOT_FAIL"})
 #: At most this many consumed files are deleted by one poll command (keeps it short).
 MAX_DELETE = 1000
 #: How much of a failed job's stderr its error carries.
@@ -96,6 +98,7 @@ class Task:
     state: str = "HELD"
     grace_used: bool = False
     finalized: bool = False
+    attempt: int = 0  # how many times it was resubmitted after an infrastructure failure
 
     @classmethod
     def of(
@@ -569,8 +572,9 @@ class Engine:
             files[spec.path(_wire.TASKS_DIR, f"{task.index}{_wire.SUFFIX}")] = _wire.seal(
                 batch.secret, body
             )
-            for call in task.calls:
-                call.payload = None  # uploaded: do not keep the arguments alive
+            if not task.resources.max_retries:
+                for call in task.calls:
+                    call.payload = None  # uploaded: do not keep the arguments alive
         limit = asyncio.Semaphore(IO_CONCURRENCY)
 
         async def put(path: str, data: bytes) -> None:
@@ -775,9 +779,45 @@ class Engine:
                     stderr_tail=stderr_tail,
                     reason=reason,
                 )
+            if state in RETRY_STATES and self._retry(task, state):
+                self._finalize(task, final, exit_code)
+                continue
             for call in task.open_calls():
                 self._resolve(call, None, error)
             self._finalize(task, final, exit_code)
+
+    def _retry(self, task: Task, state: str) -> bool:
+        """Queue the task's open calls again after an infrastructure failure, if allowed
+        (``max_retries``). Calls that raised are never retried: they have results."""
+        calls = task.open_calls()
+        if task.attempt >= task.resources.max_retries or any(c.payload is None for c in calls):
+            return False
+        futures = [c.future for c in calls if c.future is not None]
+        retry = Task.of(
+            futures,
+            [c.payload for c in calls if c.payload is not None],
+            task.resources,
+            task.job_name,
+            task.plan,
+        )
+        retry.attempt = task.attempt + 1
+        for old, new in zip(calls, retry.calls, strict=True):
+            old.resolved, old.future, old.payload = True, None, None
+            assert new.future is not None
+            self._call_of[new.future] = new
+            new.future._job_id, new.future._job_state = None, "HELD"
+        log.warning(
+            "clustrix: job %s ended with %s; resubmitting its %d call(s) (retry %d of %d)",
+            task.job_id,
+            state,
+            len(calls),
+            retry.attempt,
+            task.resources.max_retries,
+        )
+        self.stats["retries"] += 1
+        self._held.appendleft(retry)
+        self._wake_submitter.set()
+        return True
 
     def _consume(self, path: str) -> None:
         """A file read for the last time: the next poll deletes it (unless kept for good)."""

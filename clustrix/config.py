@@ -77,6 +77,12 @@ class Resources(_Model):
     job_name: str | None = Field(
         None, description="Job name shown by the scheduler (default: 'clustrix-<function>')."
     )
+    max_retries: int = Field(
+        0,
+        ge=0,
+        description="Resubmit calls whose job died for infrastructure reasons (NODE_FAIL, "
+        "PREEMPTED, BOOT_FAIL) up to this many times; a call that raised is never retried.",
+    )
 
     @field_validator("partition", "account", "qos")
     @classmethod

@@ -16,7 +16,7 @@ import jobfuncs as jf
 import pytest
 from clustertools import backend_config, require_cluster
 
-from clustrix import ClusterExecutor, TransportError
+from clustrix import ClusterExecutor, JobFailedError, TransportError
 
 pytestmark = pytest.mark.cluster
 
@@ -69,5 +69,71 @@ def test_futures_fail_after_the_grace_period(tmp_path: Path) -> None:
         assert "connection_grace_s" in str(info.value)
         assert str(future.job_id) in str(info.value)  # the job may still run: say which
         dropper.join()
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+def set_node_state(state: str) -> None:
+    """Take the node down, or resume it if it is still down (with ReturnToService=2 the
+    running slurmd usually brings it back by itself within seconds)."""
+    node = subprocess.run(["hostname", "-s"], capture_output=True, text=True).stdout.strip()
+    if state == "resume":
+        current = subprocess.run(
+            ["sinfo", "-h", "-N", "-n", node, "-o", "%T"], capture_output=True, text=True
+        ).stdout
+        if not current.startswith(("down", "drain")):
+            return
+    command = ["scontrol", "update", f"nodename={node}", f"state={state}"]
+    if state == "down":
+        command.append("reason=clustrix-test")
+    subprocess.run(command, check=True)
+
+
+def test_node_failure_is_retried_with_max_retries(tmp_path: Path) -> None:
+    require_cluster(ssh=False, slurm=True)
+    if os.geteuid() != 0:
+        pytest.skip("taking the SLURM node down needs root")
+    config = backend_config(
+        "slurm-local", tmp_path, max_retries=1, extra_directives=["--no-requeue"]
+    )
+    executor = ClusterExecutor(config)
+    try:
+        future = executor.submit(jf.sleep_then, 4, "survived")
+        deadline = time.monotonic() + 60
+        while not future.running() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        first_job = future.job_id
+        set_node_state("down")  # the running job ends with NODE_FAIL
+        try:
+            while future.job_id == first_job and time.monotonic() < deadline + 60:
+                time.sleep(0.1)
+        finally:
+            set_node_state("resume")
+        assert future.result(timeout=120) == "survived"
+        assert future.job_id != first_job
+        assert executor.stats()["retries"] == 1
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
+
+
+def test_node_failure_without_retries_fails_with_node_fail(tmp_path: Path) -> None:
+    require_cluster(ssh=False, slurm=True)
+    if os.geteuid() != 0:
+        pytest.skip("taking the SLURM node down needs root")
+    executor = ClusterExecutor(
+        backend_config("slurm-local", tmp_path, extra_directives=["--no-requeue"])
+    )
+    try:
+        future = executor.submit(jf.sleep_then, 30, None)
+        deadline = time.monotonic() + 60
+        while not future.running() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        set_node_state("down")
+        try:
+            with pytest.raises(JobFailedError) as info:
+                future.result(timeout=60)
+        finally:
+            set_node_state("resume")
+        assert info.value.state == "NODE_FAIL"
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
