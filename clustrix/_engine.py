@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import os
 import pickle
 import posixpath
 import re
 import secrets
 import shlex
+import socket
 import sys
 import time
 import uuid
@@ -47,6 +50,7 @@ from .errors import (
 from .future import ClusterFuture
 from .monitor import parse_poll_output, poll_delay, poll_script
 from .packaging import READY_MARKER, EnvironmentPlan, env_build_script
+from .registry import JobRegistry, SubmissionRecord
 from .schedulers.base import (
     ENDED_STATES,
     RUNNING_STATES,
@@ -82,6 +86,10 @@ class _Call:
     task: Task | None = None
     index: int = -1  # index within its submission: names its result file
     resolved: bool = False
+
+    def __post_init__(self) -> None:
+        # the executor-wide index the user sees as ClusterFuture.call_index
+        self.call_id = self.future.call_index if self.future is not None else -1
 
 
 @dataclass(eq=False)
@@ -168,6 +176,7 @@ class Engine:
         max_workers: int | None,
         python: str,
         build_environment: bool,
+        registry: JobRegistry,
     ) -> None:
         self.config = config
         self.scheduler = scheduler
@@ -175,6 +184,7 @@ class Engine:
         self.max_workers = max_workers
         self.python = python
         self.build_environment = build_environment
+        self.registry = registry
         self._setup = setup_lines(config.module_loads, config.environment_variables)
         self._prepared: dict[tuple[str, str], asyncio.Future[tuple[str, str | None]]] = {}
         self._loop = loop
@@ -520,6 +530,7 @@ class Engine:
             self._spawn(self._remove_quietly([job_dir]))
             self._wake_submitter.set()
             return
+        self._register(batch, job_ids)
         for task, job_id in zip(tasks, job_ids, strict=True):
             task.job_id = job_id
             for call in task.open_calls():
@@ -556,6 +567,60 @@ class Engine:
             self.stats["submit_retries"] += 1
             await asyncio.sleep(delay_s)
             delay_s = min(60.0, delay_s * 2)
+
+    def _register(self, batch: _Batch, job_ids: list[str]) -> None:
+        """Record the submission in the local registry, for :meth:`recover` after a crash."""
+        record = SubmissionRecord(
+            job_dir=batch.job_dir,
+            location=self.transport.location,
+            work_dir=self.work_dir,
+            secret_hex=batch.secret.hex(),
+            function=batch.tasks[0].job_name,
+            job_ids=list(job_ids),
+            calls=[[c.index for c in t.calls] for t in batch.tasks],
+            call_ids=[[c.call_id for c in t.calls] for t in batch.tasks],
+            submitted_at=time.time(),
+            pid=os.getpid(),
+            hostname=socket.gethostname(),
+        )
+        try:
+            self.registry.add(record)
+        except OSError as exc:  # the jobs run anyway; only a later recover() would miss them
+            log.warning("clustrix: cannot write the job registry: %s", exc)
+
+    async def recover(self) -> list[ClusterFuture[Any]]:
+        """Futures for every call of submissions to this cluster and work dir whose
+        submitting process has died; nothing is resubmitted."""
+        futures: list[ClusterFuture[Any]] = []
+        for record in self.registry.pending(self.transport.location, self.work_dir):
+            futures.extend(self._adopt(record))
+        return futures
+
+    def _adopt(self, record: SubmissionRecord) -> list[ClusterFuture[Any]]:
+        batch = _Batch(record.job_dir, bytes.fromhex(record.secret_hex), [], throttle=None)
+        futures: list[ClusterFuture[Any]] = []
+        resources = self.config.resources()
+        for index, (job_id, calls, call_ids) in enumerate(
+            zip(record.job_ids, record.calls, record.call_ids, strict=True)
+        ):
+            task = Task([], resources, record.function, index=index, job_id=job_id, batch=batch)
+            for call_index, call_id in zip(calls, call_ids, strict=True):
+                future: ClusterFuture[Any] = ClusterFuture(self, call_id)
+                future._job_id, future._job_dir, future._task_index = job_id, batch.job_dir, index
+                call = _Call(future, None, task, call_index)
+                task.calls.append(call)
+                batch.paths[self._result_path(batch, call)] = call
+                self._call_of[future] = call
+                futures.append(future)
+            task.set_state("PENDING")
+            batch.tasks.append(task)
+        self._batches.append(batch)
+        self.registry.add(
+            dataclasses.replace(record, pid=os.getpid(), hostname=socket.gethostname())
+        )
+        self._idle.clear()
+        self._wake_monitor.set()
+        return futures
 
     async def _upload(self, batch: _Batch, spec: JobSpec) -> None:
         t = self.transport
@@ -710,7 +775,6 @@ class Engine:
                 log.warning("clustrix: cannot read a result yet, will retry: %s", data)
                 continue
             assert call.task is not None and call.task.batch is not None
-            self._consume(self._result_path(call.task.batch, call))
             try:
                 record = _wire.load_record(call.task.batch.secret, data)
             except (ValueError, pickle.UnpicklingError) as exc:
@@ -826,7 +890,9 @@ class Engine:
 
     def _finalize(self, task: Task, status: TaskStatus | None, exit_code: int | None) -> None:
         task.finalized = True
-        if exit_code is not None and task.batch is not None:
+        if exit_code == 0 and task.batch is not None:
+            # Results stay until the whole submission is collected (a process that
+            # reattaches after a crash reads them again); a clean exit file is not needed.
             self._consume(f"{task.batch.job_dir}/{_wire.EXIT_DIR}/{task.index}")
         if status is not None and status.state in ENDED_STATES:
             task.set_state(status.state)
@@ -837,6 +903,7 @@ class Engine:
     def _retire_batches(self) -> None:
         for batch in [b for b in self._batches if not b.unfinished()]:
             self._batches.remove(batch)
+            self.registry.remove(batch.job_dir)
             policy = self.config.cleanup
             if policy == "always" or (policy == "on_success" and not batch.had_failure):
                 # Arguments and results go now; the logs stay readable (future.stdout())

@@ -180,6 +180,11 @@ class ClusterConfig(Resources):
         description="How long a submission refused for now (rate limit, MaxSubmitJobs) "
         "is retried, with backoff, before its futures fail.",
     )
+    state_dir: Path | None = Field(
+        None,
+        description="Where the local job registry lives, for recover() after a crash "
+        "(default: $XDG_STATE_HOME/clustrix or ~/.local/state/clustrix).",
+    )
     poll_interval_min_s: float = Field(0.05, gt=0, description="First status poll delay.")
     poll_interval_max_s: float = Field(5.0, gt=0, description="Longest status poll delay.")
     cleanup: Literal["on_success", "always", "never"] = Field(

@@ -42,8 +42,10 @@ from ._loop import LoopThread
 from ._serialize import dumps_call
 from .config import ClusterConfig, Resources
 from .errors import BrokenClusterExecutor, ConfigError
+from .filesystem import FileSystemMixin
 from .future import ClusterFuture
 from .packaging import EnvironmentPlan, Packager
+from .registry import JobRegistry, default_state_dir
 from .schedulers.base import Scheduler
 from .transports.base import Transport
 
@@ -177,7 +179,7 @@ def _results_in_order(futures: list[ClusterFuture[T]], deadline: float | None) -
             future.cancel()
 
 
-class ClusterExecutor(_Submitter, Executor):
+class ClusterExecutor(_Submitter, FileSystemMixin, Executor):
     """An Executor whose workers are jobs on a cluster (or local processes by default).
 
     ``ClusterExecutor()`` runs each job as a local process (``cluster_type="local"``);
@@ -226,6 +228,7 @@ class ClusterExecutor(_Submitter, Executor):
             max_workers=max_workers,
             python=python,
             build_environment=build_environment and config.packaging,
+            registry=JobRegistry(config.state_dir or default_state_dir()),
         )
         try:
             self._loop.run(self._engine.start())
@@ -239,6 +242,17 @@ class ClusterExecutor(_Submitter, Executor):
     def max_workers(self) -> int | None:
         """At most this many jobs are in flight at once (None: the cluster's own limit)."""
         return self._engine.max_workers
+
+    def recover(self) -> list[ClusterFuture[Any]]:
+        """Reattach to the work of a client that died: futures for every call of the
+        submissions it left on this cluster (same host and ``remote_work_dir``).
+
+        The jobs are not resubmitted: finished ones deliver their results at once, the
+        others when they end. Futures come in submission order; each keeps the
+        ``call_index`` the dead process gave it (a map's calls are consecutive). The
+        registry lives in ``state_dir``; see docs/reliability.md.
+        """
+        return self._loop.run(self._engine.recover())
 
     def stats(self) -> dict[str, int]:
         """Counters of what the executor did on the cluster.

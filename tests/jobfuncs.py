@@ -145,3 +145,15 @@ def env_values(names: list[str]) -> dict[str, str | None]:
 def slow_square(x: int) -> int:
     time.sleep(0.05)
     return x * x
+
+
+def make_bytes(n: int) -> bytes:
+    """A result of ``n`` bytes (to test limits on result size)."""
+    return b"x" * n
+
+
+def unpicklable_result() -> Any:
+    """Returns a lock: the call runs, but its result cannot be pickled on the node."""
+    import threading
+
+    return threading.Lock()

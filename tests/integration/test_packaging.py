@@ -124,11 +124,10 @@ def test_one_changed_byte_ships_new_code_only(project: Path, work_dir: str) -> N
 def test_two_executors_at_once_build_the_environment_once(project: Path, work_dir: str) -> None:
     cluster = require_cluster(ssh=True, slurm=False)
     del cluster
-    env_args = dict(CLUSTRIX_POLL_INTERVAL_MAX_S="0.5")
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(2) as pool:
-        outcomes = list(pool.map(lambda _: run_script(project, work_dir, **env_args), range(2)))
+        outcomes = list(pool.map(lambda _: run_script(project, work_dir), range(2)))
     assert all(o["results"] == [[3, 1], [5, 2], [7, 3]] for o in outcomes)
     built = [o["stats"].get("packaging.env_builds", 0) for o in outcomes]  # type: ignore[union-attr]
     assert sorted(built) == [0, 1]
