@@ -154,6 +154,7 @@ class _Batch:
     had_failure: bool = False
     paths: dict[str, _Call] = field(default_factory=dict)  # result path -> call
     submitted_at: float = field(default_factory=time.monotonic)
+    abandoned: bool = False  # given up on (connection lost): its jobs may still run
 
     def unfinished(self) -> int:
         return sum(not t.finalized for t in self.tasks)
@@ -691,6 +692,7 @@ class Engine:
             f"cluster: {', '.join(job_ids[:20])}{' ...' if len(job_ids) > 20 else ''}"
         )
         for batch in list(self._batches):
+            batch.abandoned = True  # a later process can still recover() it
             for task in batch.tasks:
                 for call in task.open_calls():
                     self._resolve(call, None, error)
@@ -903,6 +905,8 @@ class Engine:
     def _retire_batches(self) -> None:
         for batch in [b for b in self._batches if not b.unfinished()]:
             self._batches.remove(batch)
+            if batch.abandoned:
+                continue  # its jobs may still run: keep the files and the registry entry
             self.registry.remove(batch.job_dir)
             policy = self.config.cleanup
             if policy == "always" or (policy == "on_success" and not batch.had_failure):
