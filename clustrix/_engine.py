@@ -164,6 +164,13 @@ class _Batch:
         return min(n, self.throttle) if self.throttle else n
 
 
+def _describe_request(resources: Resources) -> str:
+    """The resource fields a job asked for, as ``name=value`` (those that were set)."""
+    asked = resources.model_dump(exclude_defaults=True, exclude={"job_name", "max_retries"})
+    asked.setdefault("cores", resources.cores)
+    return ", ".join(f"{name}={value!r}" for name, value in sorted(asked.items()))
+
+
 class Engine:
     """Submission, polling and resolution of futures for one executor."""
 
@@ -187,6 +194,11 @@ class Engine:
         self.build_environment = build_environment
         self.registry = registry
         self._setup = setup_lines(config.module_loads, config.environment_variables)
+        self._job_environment = dict(config.environment_variables)
+        if config.max_result_mb is not None:  # the worker refuses bigger results
+            self._job_environment["CLUSTRIX_MAX_RESULT_BYTES"] = str(
+                int(config.max_result_mb * 1e6)
+            )
         self._prepared: dict[tuple[str, str], asyncio.Future[tuple[str, str | None]]] = {}
         self._loop = loop
         self._held: deque[Task] = deque()
@@ -241,7 +253,9 @@ class Engine:
             )
         found = re.search(r"CLUSTRIX-PY (\d+\.\d+)", result.stdout)
         if found is None:
-            detail = result.stdout.replace("CLUSTRIX-PY-MISSING", "").strip()
+            detail = "\n".join(
+                line for line in result.stdout.splitlines() if not line.startswith("CLUSTRIX-")
+            ).strip()
             raise PackagingError(
                 f"python_executable {self.python!r} does not run on {where}"
                 f"{': ' + detail[-500:] if detail else ''}; set python_executable to the "
@@ -491,7 +505,7 @@ class Engine:
             python=python,
             worker_path=self.worker_path,
             module_loads=tuple(self.config.module_loads),
-            environment=dict(self.config.environment_variables),
+            environment=self._job_environment,
             array_throttle=throttle,
             code_path=code_path,
         )
@@ -525,6 +539,7 @@ class Engine:
             error = exc if isinstance(exc, ClusterError) else TransportError(str(exc))
             for task in tasks:
                 task.finalized = True
+                task.set_state("FAILED")
                 for call in task.open_calls():
                     self._resolve(call, None, error)
             self._batches.remove(batch)
@@ -558,7 +573,9 @@ class Engine:
                 time.monotonic() + delay_s > deadline
             ):
                 raise SubmissionError(
-                    f"{argv[0]} refused the job (exit status {result.returncode}): {message}",
+                    f"{argv[0]} refused the job (exit status {result.returncode}): {message}\n"
+                    f"requested: {_describe_request(tasks[0].resources)}; change these "
+                    "(ClusterConfig or ex.options(...)) to what the cluster offers",
                     argv=argv,
                     stderr=result.stderr,
                 )

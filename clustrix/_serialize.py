@@ -24,14 +24,19 @@ def _describe(obj: Any) -> str:
     return f"{type(obj).__module__}.{type(obj).__qualname__} {text}"
 
 
-def dumps_call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+def dumps_call(
+    fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, call: int | None = None
+) -> bytes:
     """Pickle one call; :class:`SerializationError` names the object that cannot travel."""
     if not callable(fn):
         raise TypeError(f"{fn!r} is not callable")
     try:
         payload: bytes = cloudpickle.dumps((fn, args, kwargs), protocol=5)
     except Exception as exc:
-        raise _pinpoint(fn, args, kwargs, exc) from exc
+        error = _pinpoint(fn, args, kwargs, exc)
+        if call is not None:  # one call of a map: say which
+            error = SerializationError(f"map call {call} (input #{call}): {error}")
+        raise error from exc
     return payload
 
 
@@ -70,6 +75,10 @@ def decode_result(record: _wire.Record) -> tuple[Any, BaseException | None]:
             )
             error.__cause__ = exc
             return None, error
+    if record.get("serialization"):  # the worker could not send the result back
+        serialization_error = SerializationError(record["message"])
+        serialization_error.__cause__ = RemoteTraceback(record["traceback"])
+        return None, serialization_error
     exception: BaseException | None = None
     if record.get("exception") is not None:
         try:

@@ -115,7 +115,9 @@ class ClusterConfig(Resources):
     cluster_host: str | None = Field(
         None, description="Host to reach over SSH; None runs the scheduler's commands locally."
     )
-    cluster_port: int = Field(22, ge=1, le=65535, description="SSH port.")
+    cluster_port: int | None = Field(
+        None, ge=1, le=65535, description="SSH port (default: ~/.ssh/config's, else 22)."
+    )
     username: str | None = Field(None, description="SSH user (default: ~/.ssh/config or $USER).")
     key_file: Path | None = Field(None, description="SSH private key (default: agent, ~/.ssh).")
     password: SecretStr | None = Field(None, description="SSH password (prefer keys).")
@@ -180,6 +182,12 @@ class ClusterConfig(Resources):
         description="How long a submission refused for now (rate limit, MaxSubmitJobs) "
         "is retried, with backoff, before its futures fail.",
     )
+    max_result_mb: float | None = Field(
+        None,
+        gt=0,
+        description="Largest result a call may send back (pickled); a bigger one fails "
+        "with a SerializationError instead of filling the disk and the connection.",
+    )
     state_dir: Path | None = Field(
         None,
         description="Where the local job registry lives, for recover() after a crash "
@@ -210,6 +218,31 @@ class ClusterConfig(Resources):
         close = difflib.get_close_matches(value, CLUSTER_TYPES + _PLANNED_CLUSTER_TYPES, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ValueError(f"unknown cluster_type {value!r}{hint}; use one of {CLUSTER_TYPES}")
+
+    @field_validator("cluster_host")
+    @classmethod
+    def _host_not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError(
+                "cluster_host is empty: give a host name, or leave it unset to run "
+                "the scheduler's commands on this machine"
+            )
+        return value.strip() if value is not None else None
+
+    @model_validator(mode="after")
+    def _ssh_settings_need_a_host(self) -> ClusterConfig:
+        if self.cluster_host is None:
+            given = [
+                name
+                for name in ("username", "key_file", "password", "cluster_port", "known_hosts")
+                if getattr(self, name) is not None
+            ]
+            if given:
+                raise ValueError(
+                    f"{', '.join(given)} set but no cluster_host: SSH settings need the host "
+                    "to connect to; set cluster_host (or remove them to run locally)"
+                )
+        return self
 
     @model_validator(mode="after")
     def _poll_bounds(self) -> ClusterConfig:
@@ -399,7 +432,10 @@ def format_validation_error(model: type[BaseModel], exc: ValidationError) -> str
                 f"  {field}: unknown field{hint}; allowed: {', '.join(model.model_fields)}"
             )
             continue
-        shown = "***" if err["loc"] and err["loc"][0] in _SECRET_FIELDS else repr(err.get("input"))
         message = err["msg"].removeprefix("Value error, ")
+        if not err["loc"]:  # a rule across fields: the input is the whole config, not shown
+            lines.append(f"  {message}")
+            continue
+        shown = "***" if err["loc"][0] in _SECRET_FIELDS else repr(err.get("input"))
         lines.append(f"  {field}: {message} (got {shown})")
     return "\n".join(lines)

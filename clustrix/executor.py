@@ -149,7 +149,7 @@ class _Submitter:
         # zip stops at the shortest iterable, as the builtin map does
         calls = list(zip(*iterables))  # noqa: B905
         plan = self._executor._plan(fn, calls[:_PLAN_SAMPLE], {})
-        payloads = [dumps_call(fn, args, {}) for args in calls]
+        payloads = [dumps_call(fn, args, {}, call=i) for i, args in enumerate(calls)]
         return self._executor._enqueue(fn, payloads, chunksize, self._resources, plan)
 
     def options(self, **resources: Any) -> ExecutorView:
@@ -170,10 +170,13 @@ def _results_in_order(futures: list[ClusterFuture[T]], deadline: float | None) -
     try:
         while futures:
             future = futures.pop()
-            if deadline is None:
-                yield future.result()
-            else:
-                yield future.result(deadline - time.monotonic())
+            try:
+                if deadline is None:
+                    yield future.result()
+                else:
+                    yield future.result(deadline - time.monotonic())
+            finally:  # a timed-out call is cancelled too (CPython's _result_or_cancel)
+                future.cancel()
     finally:
         for future in futures:
             future.cancel()

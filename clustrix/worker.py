@@ -75,11 +75,28 @@ def run_call(payload: bytes) -> _wire.Record:
     except BaseException as exc:  # SystemExit/KeyboardInterrupt from user code are results too
         return _error_record(exc)
     try:
-        return {"ok": True, "value": _dumps(value)}
+        data = _dumps(value)
     except BaseException as exc:
-        return _error_record(
-            exc, f"clustrix: the result (a {_qualified_name(type(value))}) cannot be pickled"
+        record = _error_record(exc)
+        record.update(
+            serialization=True,
+            message=f"the result of the call (a {_qualified_name(type(value))}) cannot be "
+            f"sent back: {exc}. Return plain data, or convert it before returning.",
         )
+        return record
+    limit = int(os.environ.get("CLUSTRIX_MAX_RESULT_BYTES", "0") or 0)
+    if limit and len(data) > limit:
+        return {
+            "ok": False,
+            "serialization": True,
+            "type": "SerializationError",
+            "message": f"the result of the call ({len(data) / 1e6:.1f} MB pickled) exceeds "
+            f"max_result_mb={limit / 1e6:g}: write big outputs to files on the cluster and "
+            "return their paths, or raise max_result_mb",
+            "traceback": "",
+            "exception": None,
+        }
+    return {"ok": True, "value": data}
 
 
 def run_task(job_dir: str, task_index: int) -> int:

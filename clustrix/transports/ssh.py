@@ -62,7 +62,7 @@ class SSHTransport(Transport):
         self,
         *,
         host: str,
-        port: int = 22,
+        port: int | None = None,
         username: str | None = None,
         key_file: str | os.PathLike[str] | None = None,
         password: str | None = None,
@@ -79,7 +79,8 @@ class SSHTransport(Transport):
         self._connect_timeout_s = connect_timeout_s
         self._command_timeout_s = command_timeout_s
         self._keepalive_interval_s = keepalive_interval_s
-        self._where = f"{host}:{port}"
+        # port None: ~/.ssh/config's Port for this host, else 22
+        self._where = f"{host}:{port}" if port is not None else host
         self.location = f"{username or getpass.getuser()}@{self._where}"
         self._lock = asyncio.Lock()  # one (re)connection at a time, however many callers
         self._conn: asyncssh.SSHClientConnection | None = None
@@ -140,7 +141,6 @@ class SSHTransport(Transport):
         # Not passing `config` makes asyncssh read ~/.ssh/config; no client_keys means the
         # agent and the default keys (~/.ssh/id_*); no known_hosts means ~/.ssh/known_hosts.
         options: dict[str, Any] = {
-            "port": self._port,
             "connect_timeout": self._connect_timeout_s,
             "keepalive_interval": self._keepalive_interval_s,
         }
@@ -149,8 +149,20 @@ class SSHTransport(Transport):
                 raise TransportError(
                     f"{name} {file} for {self._where} does not exist: fix the path"
                 )
+        if self._port is not None:
+            options["port"] = self._port
         if self._key_file is not None:
-            options["client_keys"] = [self._key_file]
+            if os.path.isdir(self._key_file):
+                raise TransportError(
+                    f"key_file {self._key_file} is a directory: give the private key file"
+                )
+            try:
+                options["client_keys"] = [asyncssh.read_private_key(self._key_file)]
+            except (asyncssh.KeyImportError, OSError, ValueError) as exc:
+                raise TransportError(
+                    f"key_file {self._key_file} is not a usable private key ({exc}): give "
+                    "an unencrypted OpenSSH/PEM private key, or load it into an SSH agent"
+                ) from exc
         if self._username is not None:  # None (asyncssh's default is ()) would break it
             options["username"] = self._username
         if self._password is not None:
@@ -173,7 +185,7 @@ class SSHTransport(Transport):
         except asyncssh.PermissionDenied as exc:
             raise TransportError(
                 f"authentication as {self.location} refused ({exc.reason}): "
-                "check username/key_file/agent"
+                "check username, key_file, password or the SSH agent"
             ) from exc
         except asyncio.TimeoutError as exc:  # before OSError: it is one on Python >= 3.11
             raise TransportError(

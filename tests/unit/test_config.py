@@ -35,7 +35,7 @@ def test_defaults() -> None:
     assert config.cluster_type == "local"
     assert config.cluster_host is None
     assert config.is_remote is False
-    assert config.cluster_port == 22
+    assert config.cluster_port is None  # ~/.ssh/config or 22
     assert config.password is None
     assert config.strict_host_key_checking is True
     assert config.remote_work_dir == "~/.clustrix"
@@ -179,8 +179,14 @@ def test_bad_password_value_is_masked_in_the_error() -> None:
     assert "(got 0)" in message  # other values are still shown
 
 
+def test_ssh_settings_without_a_host_are_refused() -> None:
+    message = config_error(password=SECRET, key_file="/k")
+    assert "cluster_host" in message and "key_file" in message
+    assert SECRET not in message  # the whole input is never echoed for such errors
+
+
 def test_password_survives_with_overrides() -> None:
-    config = ClusterConfig.load(password=SECRET).with_overrides(cores=2)
+    config = ClusterConfig.load(password=SECRET, cluster_host="h").with_overrides(cores=2)
     assert config.password is not None
     assert config.password.get_secret_value() == SECRET
 
@@ -217,7 +223,7 @@ def assert_file_values(config: ClusterConfig) -> None:
     assert config.cores == 4
     assert config.module_loads == ["gcc/12", "python/3.11"]
     assert config.environment_variables == {"OMP_NUM_THREADS": "4"}
-    assert config.cluster_port == 22  # untouched fields keep their defaults
+    assert config.cluster_port is None  # untouched fields keep their defaults
 
 
 @pytest.mark.parametrize("suffix", [".yaml", ".yml", ".YAML"])
@@ -297,6 +303,7 @@ def test_priority_defaults_file_env_explicit(
     monkeypatch.setenv("CLUSTRIX_CORES", "3")
     monkeypatch.setenv("CLUSTRIX_PARTITION", "envpart")
     monkeypatch.setenv("CLUSTRIX_CLUSTER_PORT", "2222")
+    monkeypatch.setenv("CLUSTRIX_CLUSTER_HOST", "login.example.org")
     config = ClusterConfig.load(path, partition="argpart")
     assert config.partition == "argpart"  # explicit > env
     assert config.cores == 3  # env > file
@@ -371,6 +378,7 @@ def test_bad_env_value_names_field_and_value(monkeypatch: pytest.MonkeyPatch) ->
 def test_env_booleans_and_password(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CLUSTRIX_STRICT_HOST_KEY_CHECKING", "false")
     monkeypatch.setenv("CLUSTRIX_PASSWORD", SECRET)
+    monkeypatch.setenv("CLUSTRIX_CLUSTER_HOST", "h")
     config = ClusterConfig.load()
     assert config.strict_host_key_checking is False
     assert config.password is not None

@@ -211,11 +211,12 @@ def test_unpicklable_result_records_an_error_naming_it(
 ) -> None:
     record = read_result(ran_job, index)
     assert record["ok"] is False
-    assert f"the result (a {name}) cannot be pickled" in record["traceback"]
+    assert f"the result of the call (a {name}) cannot be sent back" in record["message"]
+    assert record["serialization"] is True
     assert record["type"] == "TypeError"
     _, exception = decode_result(record)
-    assert isinstance(exception, TypeError)
-    assert f"(a {name})" in str(exception.__cause__)
+    assert isinstance(exception, SerializationError)  # a TypeError too
+    assert f"(a {name})" in str(exception)
 
 
 def test_exception_that_cannot_be_rebuilt_becomes_remote_error(ran_job: Path) -> None:
