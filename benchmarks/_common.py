@@ -96,6 +96,24 @@ def machine_facts() -> str:
     )
 
 
+def load_text() -> str:
+    """The load averages (1, 5, 15 min): how busy the machine was around a run."""
+    try:
+        one, five, fifteen = os.getloadavg()
+    except OSError:
+        return "load average n/a"
+    return f"load average {one:.2f} / {five:.2f} / {fifteen:.2f}"
+
+
+def revision() -> str:
+    """The clustrix code measured: HEAD's short hash, and whether clustrix/ had uncommitted
+    changes (other work in progress) at the time of the run."""
+    root = README.parent.parent
+    head = _run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"]).strip() or "unknown"
+    dirty = _run(["git", "-C", str(root), "status", "--porcelain", "--", "clustrix"]).strip()
+    return f"clustrix at {head}" + (" + uncommitted changes in clustrix/" if dirty else "")
+
+
 def now_text() -> str:
     """The date and time of the run."""
     return _dt.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
@@ -134,7 +152,7 @@ def wait_for_idle(
             return time.monotonic() - start
         waited = time.monotonic() - start
         if waited >= timeout_s:
-            print(f"  [{what}] cluster still busy ({n} jobs) after {waited:.0f} s: measuring anyway")
+            print(f"  [{what}] cluster still busy ({n} jobs) after {waited:.0f} s: measuring")
             return None
         if time.monotonic() >= fast_until and not announced:
             print(f"  [{what}] {n} other job(s) on the cluster: waiting for an idle window")

@@ -34,10 +34,12 @@ from _common import (
     Row,
     fmt_ratio,
     fmt_s,
+    load_text,
     local_cluster_jobs,
     machine_facts,
     median,
     now_text,
+    revision,
     table,
     verdict,
     wait_for_idle,
@@ -190,17 +192,18 @@ def local_timeline(cx: ClusterExecutor, work: Workload, n: int, chunksize: int) 
                     stages["detect"].append(resolved[(job_dir, int(name))] - ended)
     except Exception as exc:  # the engine's internals moved: the benchmark still stands
         return [f"timeline unavailable ({type(exc).__name__}: {exc})"]
-    jobs = len(batches)
+    jobs = len({key for key in resolved})
     rounds = math.ceil(jobs / (cx.max_workers or 1))
     parts = ", ".join(
         f"{name} {fmt_s(median(values))}" for name, values in stages.items() if values
     )
     return [
         f"timeline of one more {n}-call {work.name} map, chunksize={chunksize} ({fmt_s(wall)}, "
-        f"{jobs} jobs in {rounds} rounds of {cx.max_workers} = {fmt_s(wall / rounds)} per "
-        f"round). Median per job: {parts}. (refill: a slot's result seen → next job's "
-        "submission starts; submit: job dir upload + launcher command; run: job process "
-        "start → exit file; detect: exit file → future resolved by a poll.) "
+        f"{jobs} jobs in {len(batches)} submissions, {rounds} rounds of {cx.max_workers} = "
+        f"{fmt_s(wall / rounds)} per round). Median per job: {parts}. (refill: a slot's "
+        "result seen → next job's submission starts; submit: job dir upload + launcher "
+        "command; run: job process start → exit file; detect: exit file → future resolved "
+        "by a poll.) "
         f"{len(polls)} polls, median {fmt_s(median(polls) if polls else 0.0)} each"
     ]
 
@@ -210,6 +213,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer samples, smaller maps")
     parser.add_argument("--write", action="store_true", help="rewrite the README results")
     opts = parser.parse_args()
+    load_before = load_text()
+    code = revision()
 
     workers = os.cpu_count() or 1
     n_latency = 7 if opts.quick else 20
@@ -321,7 +326,8 @@ def main() -> int:
                 "",
                 f"Machine: {machine_facts()}",
                 "",
-                f"Run: `{cmd}` ({title}).",
+                f"Code: {code}. Run: `{cmd}` ({title}). Before the run: {load_before}; "
+                f"after: {load_text()}.",
                 "",
                 result_table,
                 "",

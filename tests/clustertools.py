@@ -139,3 +139,13 @@ def ssh_run(command: str) -> str:
     if result.returncode != 0:
         raise RuntimeError(f"ssh {command!r} failed ({result.returncode}): {result.stderr}")
     return result.stdout
+
+
+def wait_running(future: Any, timeout_s: float = 240) -> None:
+    """Wait until the scheduler runs ``future``'s job (fails the test after ``timeout_s``)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not future.running() and not future.done() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert future.running(), f"job of {future!r} did not start within {timeout_s} s"

@@ -18,18 +18,26 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def make_executor(backend: str, tmp_path: Path) -> Iterator[Callable[..., ClusterExecutor]]:
-    """Build executors for the current backend; each is shut down after the test."""
+def make(tmp_path: Path) -> Iterator[Callable[..., ClusterExecutor]]:
+    """``make(backend, **overrides)``: an executor for ``backend``, shut down after the test."""
     created: list[ClusterExecutor] = []
 
-    def make(**overrides: Any) -> ClusterExecutor:
+    def build(backend: str, **overrides: Any) -> ClusterExecutor:
         executor = ClusterExecutor(backend_config(backend, tmp_path, **overrides))
         created.append(executor)
         return executor
 
-    yield make
+    yield build
     for executor in created:
         executor.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.fixture
+def make_executor(
+    backend: str, make: Callable[..., ClusterExecutor]
+) -> Callable[..., ClusterExecutor]:
+    """``make_executor(**overrides)``: an executor for the current contract backend."""
+    return lambda **overrides: make(backend, **overrides)
 
 
 @pytest.fixture

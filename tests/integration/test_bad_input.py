@@ -21,7 +21,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -79,21 +79,6 @@ def wait_until(predicate: Callable[[], bool], timeout_s: float = 60.0) -> bool:
 
 def remote_exists(path: str) -> bool:
     return ssh_run(f"test -e {shlex.quote(path)} && echo yes || echo no").strip() == "yes"
-
-
-@pytest.fixture
-def make(tmp_path: Path) -> Iterator[Callable[..., ClusterExecutor]]:
-    """``make(backend, **overrides)``: an executor shut down after the test."""
-    created: list[ClusterExecutor] = []
-
-    def build(backend: str, **overrides: Any) -> ClusterExecutor:
-        executor = ClusterExecutor(backend_config(backend, tmp_path, **overrides))
-        created.append(executor)
-        return executor
-
-    yield build
-    for executor in created:
-        executor.shutdown(wait=True, cancel_futures=True)
 
 
 @pytest.fixture

@@ -10,17 +10,16 @@ import pickle
 import shlex
 import stat
 import subprocess
-import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import cloudpickle
 import jobfuncs as jf
 import pytest
-from clustertools import backend_config, require_cluster, ssh_run
+from clustertools import require_cluster, ssh_run, wait_running
 
 from clustrix import (
     ClusterConfig,
@@ -35,28 +34,6 @@ from clustrix import (
 JOB_TIMEOUT_S = 240
 
 PASSWORD = "hunter2-secret"
-
-
-@pytest.fixture
-def make(tmp_path: Path) -> Iterator[Callable[..., ClusterExecutor]]:
-    """``make(backend, **overrides)``: an executor shut down after the test."""
-    created: list[ClusterExecutor] = []
-
-    def build(backend: str, **overrides: Any) -> ClusterExecutor:
-        executor = ClusterExecutor(backend_config(backend, tmp_path, **overrides))
-        created.append(executor)
-        return executor
-
-    yield build
-    for executor in created:
-        executor.shutdown(wait=True, cancel_futures=True)
-
-
-def wait_running(future: Any, timeout_s: float = JOB_TIMEOUT_S) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not future.running() and not future.done() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert future.running(), future
 
 
 # ------------------------------------------------------------------ authenticated results

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import jobfuncs as jf
 import pytest
-from clustertools import backend_config
+from clustertools import backend_config, wait_running
 
 from clustrix import ClusterExecutor, JobFailedError, SubmissionError
 
@@ -22,25 +21,9 @@ SLURM_BACKENDS = ["slurm-local", "slurm-ssh"]
 
 @pytest.fixture(params=SLURM_BACKENDS)
 def make_slurm(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> Iterator[Callable[..., ClusterExecutor]]:
-    created: list[ClusterExecutor] = []
-
-    def make(**overrides: Any) -> ClusterExecutor:
-        executor = ClusterExecutor(backend_config(request.param, tmp_path, **overrides))
-        created.append(executor)
-        return executor
-
-    yield make
-    for executor in created:
-        executor.shutdown(wait=True, cancel_futures=True)
-
-
-def wait_running(future: Any, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not future.running() and not future.done() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert future.running(), future
+    request: pytest.FixtureRequest, make: Callable[..., ClusterExecutor]
+) -> Callable[..., ClusterExecutor]:
+    return lambda **overrides: make(request.param, **overrides)
 
 
 def scancel_as_root(job_id: str) -> None:
