@@ -184,7 +184,7 @@ def _required_name(requirement: str) -> str | None:
         return None
     if parsed.marker is not None and not parsed.marker.evaluate({"extra": ""}):
         return None
-    return parsed.name
+    return str(parsed.name)
 
 
 # ---------------------------------------------------------------------------- what code needs

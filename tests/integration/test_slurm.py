@@ -157,3 +157,16 @@ def test_time_limit_fails_the_future_with_timeout(tmp_path: Path) -> None:
         assert info.value.job_id == future.job_id
     finally:
         executor.shutdown(wait=True, cancel_futures=True)
+
+
+@pytest.mark.parametrize("chunksize", [None, 100], ids=["default-chunks", "chunksize-100"])
+def test_ten_thousand_calls_in_order(
+    make: Callable[..., ClusterExecutor], chunksize: int | None
+) -> None:
+    executor = make("slurm-ssh")
+    values = range(10_000)
+    results = list(executor.map(jf.square, values, chunksize=chunksize, timeout=600))
+    assert results == [v * v for v in values]
+    stats = executor.stats()
+    assert stats["commands.sbatch"] == 1
+    assert stats["commands.squeue"] == stats["poll_cycles"]  # one status command per cycle
