@@ -19,11 +19,8 @@ import logging
 import os
 import pickle
 import posixpath
-import re
 import secrets
-import shlex
 import socket
-import sys
 import time
 import uuid
 from collections import Counter, deque
@@ -34,6 +31,7 @@ from typing import Any
 from . import _wire
 from ._bundle import worker_bundle
 from ._loop import LoopThread
+from ._remote_env import RemoteEnvironment
 from ._serialize import decode_result
 from .config import ClusterConfig, Resources
 from .errors import (
@@ -41,7 +39,6 @@ from .errors import (
     ClusterError,
     JobFailedError,
     JobLostError,
-    PackagingError,
     ResultAuthenticationError,
     SchedulerError,
     SubmissionError,
@@ -49,7 +46,7 @@ from .errors import (
 )
 from .future import ClusterFuture
 from .monitor import parse_poll_output, poll_delay, poll_script
-from .packaging import READY_MARKER, EnvironmentPlan, env_build_script
+from .packaging import EnvironmentPlan
 from .registry import JobRegistry, SubmissionRecord
 from .schedulers.base import (
     ENDED_STATES,
@@ -57,7 +54,6 @@ from .schedulers.base import (
     JobSpec,
     Scheduler,
     TaskStatus,
-    setup_lines,
 )
 from .transports.base import CommandResult, Transport
 
@@ -69,7 +65,6 @@ log = logging.getLogger("clustrix")
 BATCH_WINDOW_S = 0.005
 #: At most this many file transfers in flight at once over one connection.
 IO_CONCURRENCY = 64
-_VERSION_PROBE = 'import sys; print("CLUSTRIX-PY %d.%d" % sys.version_info[:2])'
 #: Final states that say the infrastructure failed, not the call: retried (max_retries).
 RETRY_STATES = frozenset({"NODE_FAIL", "PREEMPTED", "BOOT_FAIL"})
 #: At most this many consumed files are deleted by one poll command (keeps it short).
@@ -193,13 +188,11 @@ class Engine:
         self.python = python
         self.build_environment = build_environment
         self.registry = registry
-        self._setup = setup_lines(config.module_loads, config.environment_variables)
         self._job_environment = dict(config.environment_variables)
         if config.max_result_mb is not None:  # the worker refuses bigger results
             self._job_environment["CLUSTRIX_MAX_RESULT_BYTES"] = str(
                 int(config.max_result_mb * 1e6)
             )
-        self._prepared: dict[tuple[str, str], asyncio.Future[tuple[str, str | None]]] = {}
         self._loop = loop
         self._held: deque[Task] = deque()
         self._batches: list[_Batch] = []
@@ -226,134 +219,20 @@ class Engine:
         self.jobs_root = f"{self.work_dir}/jobs"
         bundle = worker_bundle()
         self.worker_path = f"{self.work_dir}/runtime/{bundle.filename}"
-        if not await self._check_python_and_layout():
+        self.environment = RemoteEnvironment(
+            self.config,
+            self.transport,
+            self._run,
+            self.stats,
+            python=self.python,
+            build_environment=self.build_environment,
+            work_dir=self.work_dir,
+            worker_path=self.worker_path,
+        )
+        if not await self.environment.check_python_and_layout():
             await self.transport.write_bytes(self.worker_path, bundle.data, mode=0o644)
         await self.scheduler.discover(self._run_scheduler_command)
         self._loops = [self._spawn(self._submitter()), self._spawn(self._monitor())]
-
-    async def _check_python_and_layout(self) -> bool:
-        """One round trip: create the work directories, check the Python on the cluster
-        (same minor version as here: pickled code depends on it), and whether the worker
-        runtime is already there (returned)."""
-        q = shlex.quote
-        dirs = " ".join(q(f"{self.work_dir}/{d}") for d in ("jobs", "runtime", "code", "envs"))
-        script = "\n".join(
-            [
-                f"umask 077; mkdir -p {dirs} || exit 3",
-                f"{q(self.python)} -c {q(_VERSION_PROBE)} 2>&1 || echo CLUSTRIX-PY-MISSING",
-                f"test -f {q(self.worker_path)} && echo CLUSTRIX-RUNTIME-OK; exit 0",
-            ]
-        )
-        result = await self._run(["sh", "-c", script], counts_as="setup")
-        where = self.transport.location
-        if result.returncode == 3:
-            raise TransportError(
-                f"cannot create remote_work_dir {self.work_dir!r} on {where}: "
-                f"{result.stderr.strip()}; choose a writable remote_work_dir"
-            )
-        found = re.search(r"CLUSTRIX-PY (\d+\.\d+)", result.stdout)
-        if found is None:
-            detail = "\n".join(
-                line for line in result.stdout.splitlines() if not line.startswith("CLUSTRIX-")
-            ).strip()
-            raise PackagingError(
-                f"python_executable {self.python!r} does not run on {where}"
-                f"{': ' + detail[-500:] if detail else ''}; set python_executable to the "
-                "cluster's Python (same minor version as here: "
-                f"{sys.version_info.major}.{sys.version_info.minor})"
-            )
-        here = f"{sys.version_info.major}.{sys.version_info.minor}"
-        if found.group(1) != here:
-            raise PackagingError(
-                f"the cluster's Python ({self.python!r} on {where}) is {found.group(1)}, this "
-                f"one is {here}: pickled code only runs on the same minor version; set "
-                f"python_executable to a Python {here} on the cluster"
-            )
-        return "CLUSTRIX-RUNTIME-OK" in result.stdout
-
-    async def _prepare(self, plan: EnvironmentPlan | None) -> tuple[str, str | None]:
-        """Make sure the plan's code and environment exist on the cluster, once per
-        executor (concurrent submissions wait for the same preparation). Returns the Python
-        to run and the code directory to put on PYTHONPATH."""
-        if plan is None:
-            return self.python, None
-        env_hash = plan.env_hash(self.python, self._setup) if self._needs_env(plan) else ""
-        key = (plan.code_hash, env_hash)
-        prepared = self._prepared.get(key)
-        if prepared is None:
-            prepared = self._prepared[key] = asyncio.ensure_future(
-                self._prepare_remote(plan, env_hash)
-            )
-        try:
-            return await asyncio.shield(prepared)
-        except BaseException:
-            if self._prepared.get(key) is prepared and prepared.done():
-                del self._prepared[key]  # a later submission tries again
-            raise
-
-    def _needs_env(self, plan: EnvironmentPlan) -> bool:
-        return bool(self.build_environment and plan.requirements)
-
-    async def _prepare_remote(self, plan: EnvironmentPlan, env_hash: str) -> tuple[str, str | None]:
-        q = shlex.quote
-        code_dir = f"{self.work_dir}/code/{plan.code_hash}" if plan.code_hash else None
-        env_dir = f"{self.work_dir}/envs/{env_hash}" if env_hash else None
-        checks = []
-        if code_dir:
-            checks.append(f"test -f {q(code_dir)}/.complete && echo CODE-OK")
-        if env_dir:
-            checks.append(f"test -f {q(env_dir)}/{READY_MARKER} && echo ENV-OK")
-        if not checks:
-            return self.python, None
-        found = (await self._run(["sh", "-c", "\n".join([*checks, "exit 0"])], "setup")).stdout
-        if code_dir and "CODE-OK" not in found:
-            await self._upload_code(plan, code_dir)
-        if env_dir and "ENV-OK" not in found:
-            await self._build_env(plan, env_dir)
-        return (f"{env_dir}/bin/python" if env_dir else self.python), code_dir
-
-    async def _upload_code(self, plan: EnvironmentPlan, code_dir: str) -> None:
-        q = shlex.quote
-        tmp = f"{code_dir}.{uuid.uuid4().hex}"
-        await self.transport.write_bytes(f"{tmp}.tar.gz", plan.archive, mode=0o600)
-        # Unpack beside the final name, then rename: a half-unpacked archive is never used,
-        # and a concurrent upload of the same hash simply loses the race.
-        script = (
-            f'set -e; tmp={q(tmp)}; mkdir -p "$tmp"; tar -xzf "$tmp.tar.gz" -C "$tmp"; '
-            f'touch "$tmp/.complete"; rm -f "$tmp.tar.gz"; '
-            f'mv -T "$tmp" {q(code_dir)} 2>/dev/null || rm -rf "$tmp"'
-        )
-        result = await self._run(["sh", "-c", script], "setup")
-        if not result.ok:
-            raise PackagingError(
-                f"could not unpack the local code archive in {code_dir}: {result.stderr.strip()}"
-            )
-        self.stats["packaging.code_uploads"] += 1
-
-    async def _build_env(self, plan: EnvironmentPlan, env_dir: str) -> None:
-        requirements = f"{env_dir}.requirements.txt"
-        await self.transport.write_bytes(
-            requirements, ("\n".join(plan.requirements) + "\n").encode(), mode=0o600
-        )
-        timeout_s = self.config.env_build_timeout_s
-        script = env_build_script(
-            env_dir=env_dir,
-            python=self.python,
-            requirements_file=requirements,
-            setup_lines=self._setup,
-            timeout_s=int(timeout_s),
-        )
-        self.stats["commands.sh:env-build"] += 1
-        result = await self.transport.run(["sh", "-c", script], timeout_s=timeout_s)
-        if not result.ok:
-            raise PackagingError(
-                f"building the environment {env_dir} on {self.transport.location} failed "
-                f"(exit status {result.returncode}); requirements: "
-                f"{', '.join(plan.requirements)}\n--- pip's output (tail) ---\n"
-                f"{result.stderr.strip()[-3000:]}"
-            )
-        if "CLUSTRIX-ENV built" in result.stdout:
-            self.stats["packaging.env_builds"] += 1
 
     async def close(self) -> None:
         """Finish pending cancellations and clean-ups, then close the transport."""
@@ -525,7 +404,7 @@ class Engine:
                     call.future._job_dir, call.future._task_index = job_dir, task_index
         self._batches.append(batch)
         try:
-            python, code_path = await self._prepare(tasks[0].plan)
+            python, code_path = await self.environment.prepare(tasks[0].plan)
             spec = self._spec(job_dir, tasks, throttle, python, code_path)
             await self._upload(batch, spec)
             script_path = spec.path(_wire.SCRIPT_FILE)
