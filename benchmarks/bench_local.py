@@ -21,6 +21,7 @@ import argparse
 import itertools
 import math
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -132,6 +133,12 @@ def process_floor(samples: int) -> tuple[float, float]:
     return median(bare), median(worker)
 
 
+def cpu_s(who: int) -> float:
+    """User + system CPU seconds of this process or of its waited-for children."""
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
 def local_timeline(cx: ClusterExecutor, work: Workload, n: int, chunksize: int) -> list[str]:
     """Where a local map's time goes, job by job: one more map with the engine's submit,
     poll and resolve steps timed (wrapped on this instance only), and the job processes'
@@ -171,7 +178,10 @@ def local_timeline(cx: ClusterExecutor, work: Workload, n: int, chunksize: int) 
             poll_once,
         )
         try:
+            self_cpu, child_cpu = cpu_s(resource.RUSAGE_SELF), cpu_s(resource.RUSAGE_CHILDREN)
             wall = time_map(cx, work, n, chunksize)
+            self_cpu = cpu_s(resource.RUSAGE_SELF) - self_cpu
+            child_cpu = cpu_s(resource.RUSAGE_CHILDREN) - child_cpu
         finally:
             del engine._submit_batch, engine._resolve, engine._poll_once
         stages: dict[str, list[float]] = {"refill": [], "submit": [], "run": [], "detect": []}
@@ -192,7 +202,8 @@ def local_timeline(cx: ClusterExecutor, work: Workload, n: int, chunksize: int) 
                     stages["detect"].append(resolved[(job_dir, int(name))] - ended)
     except Exception as exc:  # the engine's internals moved: the benchmark still stands
         return [f"timeline unavailable ({type(exc).__name__}: {exc})"]
-    jobs = len({key for key in resolved})
+    jobs = len(set(resolved))
+    workers = cx.max_workers or 1
     rounds = math.ceil(jobs / (cx.max_workers or 1))
     parts = ", ".join(
         f"{name} {fmt_s(median(values))}" for name, values in stages.items() if values
@@ -204,7 +215,11 @@ def local_timeline(cx: ClusterExecutor, work: Workload, n: int, chunksize: int) 
         "result seen → next job's submission starts; submit: job dir upload + launcher "
         "command; run: job process start → exit file; detect: exit file → future resolved "
         "by a poll.) "
-        f"{len(polls)} polls, median {fmt_s(median(polls) if polls else 0.0)} each"
+        f"{len(polls)} polls, median {fmt_s(median(polls) if polls else 0.0)} each.",
+        f"CPU during that map: the client process {self_cpu:.2f} s, the commands it ran (poll "
+        f"and launch: sh, ps, find, grep) {child_cpu:.2f} s, of {wall * workers:.2f} CPU-s "
+        f"on {workers} CPUs ({(self_cpu + child_cpu) / (wall * workers):.0%}); the jobs "
+        "themselves are detached (not counted)",
     ]
 
 

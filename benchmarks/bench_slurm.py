@@ -608,7 +608,8 @@ def main() -> int:
     for note in notes:
         print(f"NOTE: {note}")
     if opts.write:
-        cmd = "python benchmarks/bench_slurm.py" + (" --quick" if opts.quick else "") + " --write"
+        flags = [f for f, on in (("--quick", opts.quick), ("--floor", opts.floor)) if on]
+        cmd = " ".join(["python benchmarks/bench_slurm.py", *flags, "--write"])
         body = "\n".join(
             [
                 f"### SLURM over SSH vs raw sbatch — {now_text()}",
