@@ -8,6 +8,7 @@ It never knows whether its commands run locally or over SSH.
 from __future__ import annotations
 
 import math
+import shlex
 from collections.abc import Sequence
 
 from .. import _wire
@@ -201,11 +202,17 @@ class SlurmScheduler(Scheduler):
 
     def detail_argv(self, job_ids: Sequence[str]) -> list[str] | None:
         """``sacct`` where accounting runs, else ``scontrol show job`` per array/job."""
-        if self.use_sacct:
-            return ["sacct", "-X", "-n", "-P", "-o", _SACCT_FIELDS, "-j", ",".join(job_ids)]
         bases = sorted({job_id.split("_")[0] for job_id in job_ids}, key=int)
-        loop = 'for j in "$@"; do scontrol -o show job "$j"; done; exit 0'
-        return ["sh", "-c", loop, "clustrix-detail", *bases]
+        scontrol = 'for j in "$@"; do scontrol -o show job "$j"; done; exit 0'
+        if not self.use_sacct:
+            return ["sh", "-c", scontrol, "clustrix-detail", *bases]
+        # sacct first; if the accounting database does not answer, scontrol still knows
+        # the jobs slurmctld has not purged yet (MinJobAge)
+        sacct = shlex.join(
+            ["sacct", "-X", "-n", "-P", "-o", _SACCT_FIELDS, "-j", ",".join(job_ids)]
+        )
+        script = f"{sacct} 2>/dev/null || {{ {scontrol}; }}"
+        return ["sh", "-c", script, "clustrix-detail", *bases]
 
     def parse_detail(self, stdout: str) -> dict[str, TaskStatus]:
         """Final states from sacct's ``JobID|State|ExitCode|Reason`` or scontrol lines."""

@@ -6,6 +6,8 @@ says which command produced it and what the cluster looked like at the time.
 
 from __future__ import annotations
 
+import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -259,7 +261,8 @@ def test_detail_fields_are_valid_sacct_fields() -> None:
     sched = SlurmScheduler(use_sacct=True)
     argv = sched.detail_argv(["1"])
     assert argv is not None
-    assert set(argv[argv.index("-o") + 1].split(",")) <= valid
+    sacct = shlex.split(argv[2].partition(" 2>/dev/null")[0])
+    assert set(sacct[sacct.index("-o") + 1].split(",")) <= valid
 
 
 def test_parse_detail_sacct_final_states() -> None:
@@ -407,18 +410,31 @@ def test_cancel_argv_one_scancel_for_all_ids() -> None:
     assert argv == ["scancel", "26_2", "26_9", "19"]
 
 
-def test_detail_argv_with_sacct() -> None:
+def test_detail_argv_with_sacct_falls_back_to_scontrol() -> None:
     argv = SlurmScheduler(use_sacct=True).detail_argv(["26_5", "18", "29_2"])
-    assert argv == [
-        "sacct",
-        "-X",
-        "-n",
-        "-P",
-        "-o",
-        "JobID,State,ExitCode,Reason",
-        "-j",
-        "26_5,18,29_2",
-    ]
+    assert argv is not None
+    assert argv[:2] == ["sh", "-c"]
+    assert argv[2].startswith(
+        "sacct -X -n -P -o JobID,State,ExitCode,Reason -j 26_5,18,29_2 2>/dev/null || "
+    )
+    assert argv[4:] == ["18", "26", "29"]  # scontrol takes whole jobs (array bases)
+
+
+def test_detail_script_uses_scontrol_when_sacct_fails(tmp_path: Path) -> None:
+    # stand-ins on PATH: an sacct whose database is down, an scontrol that knows the job
+    (tmp_path / "sacct").write_text("#!/bin/sh\necho 'Unable to connect to database' >&2\nexit 1\n")
+    line = capture("scontrol_show_job_failed.txt").strip()
+    (tmp_path / "scontrol").write_text(f"#!/bin/sh\ncat <<'EOF'\n{line}\nEOF\n")
+    for name in ("sacct", "scontrol"):
+        (tmp_path / name).chmod(0o755)
+    sched = SlurmScheduler(use_sacct=True)
+    argv = sched.detail_argv(["18"])
+    assert argv is not None
+    out = subprocess.run(
+        argv, capture_output=True, text=True, env={"PATH": f"{tmp_path}:/usr/bin:/bin"}
+    ).stdout
+    assert sched.parse_detail(out)["18"].state == "FAILED"
+    assert sched.parse_detail(out)["18"].exit_code == 7
 
 
 @pytest.mark.parametrize("use_sacct", [False, None])
@@ -440,7 +456,7 @@ def test_read_config_of_the_test_cluster() -> None:
     sched.read_config(capture("scontrol_show_config.txt"))
     assert sched.max_array_size == 1001
     assert sched.use_sacct is True
-    assert sched.detail_argv(["1"])[0] == "sacct"  # type: ignore[index]
+    assert "sacct" in sched.detail_argv(["1"])[2]  # type: ignore[index]
 
 
 def test_read_config_max_array_size_is_read_not_assumed() -> None:
