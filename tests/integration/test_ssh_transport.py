@@ -12,7 +12,6 @@ import os
 import re
 import secrets
 import socket
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -117,10 +116,8 @@ async def test_run_undecodable_output_is_replaced(transport: SSHTransport) -> No
 
 async def test_run_timeout_raises_and_kills_the_command(transport: SSHTransport) -> None:
     marker = f"{31 + secrets.randbelow(1000) / 1000:.3f}"
-    start = time.monotonic()
     with pytest.raises(CommandTimeoutError, match=r"within 0\.5 s"):
         await transport.run(["sleep", marker], timeout_s=0.5)
-    assert time.monotonic() - start < 5
     for _ in range(20):  # the KILL signal request is asynchronous
         if (await transport.run(["pgrep", "-f", f"sleep {marker}"])).returncode == 1:
             break
@@ -270,11 +267,9 @@ async def test_connection_killed_while_idle(transport: SSHTransport) -> None:
 # -- connection errors ---------------------------------------------------------------------
 
 
-async def test_connection_refused_is_quick() -> None:
-    start = time.monotonic()
+async def test_connection_refused_is_a_transport_error() -> None:
     with pytest.raises(TransportError, match=r"127\.0\.0\.1:1 refused"):
         await SSHTransport(host="127.0.0.1", port=1, key_file=KEY).run(["true"])
-    assert time.monotonic() - start < 5
 
 
 async def test_connect_timeout() -> None:
