@@ -16,6 +16,7 @@ import hashlib
 import io
 import os
 import py_compile
+import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass
@@ -24,13 +25,13 @@ from pathlib import Path
 import cloudpickle
 
 _PACKAGE_DIR = Path(__file__).resolve().parent
-# Fixed timestamp: the same files always give the same bytes, hence the same hash.
+# Fixed timestamp: no build-time data in the zip.
 _EPOCH = (2020, 1, 1, 0, 0, 0)
 
 
 @dataclass(frozen=True)
 class Bundle:
-    """The zip's bytes and the short content hash that names it."""
+    """The zip's bytes and the short hash of its sources (and Python version) naming it."""
 
     data: bytes
     digest: str
@@ -66,11 +67,16 @@ def _compiled(path: Path, name: str) -> bytes:
 def worker_bundle() -> Bundle:
     """Build (once per process) the worker runtime zip."""
     files: dict[str, bytes] = {}
+    # Named by the hash of the sources and the Python minor version, not of the zip: the
+    # bytecode (marshal) is not byte-for-byte reproducible across processes, and the same
+    # sources must keep the same name so the cluster keeps the upload it has.
+    digest = hashlib.sha256(f"python {sys.version_info[0]}.{sys.version_info[1]}".encode())
     cp_dir = Path(cloudpickle.__file__).resolve().parent
     for package, directory in (("clustrix", _PACKAGE_DIR), ("cloudpickle", cp_dir)):
         for path in sorted(directory.rglob("*.py")):
             name = f"{package}/{path.relative_to(directory).as_posix()}"
             files[name] = path.read_bytes()
+            digest.update(name.encode() + b"\0" + hashlib.sha256(files[name]).digest())
             files[name + "c"] = _compiled(path, name)
         if (directory / "py.typed").exists():
             files[f"{package}/py.typed"] = b""
@@ -81,5 +87,4 @@ def worker_bundle() -> Bundle:
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o644 << 16
             zf.writestr(info, files[name])
-    data = buffer.getvalue()
-    return Bundle(data=data, digest=hashlib.sha256(data).hexdigest()[:16])
+    return Bundle(data=buffer.getvalue(), digest=digest.hexdigest()[:16])
