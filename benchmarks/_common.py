@@ -160,6 +160,21 @@ def wait_for_idle(
         time.sleep(0.25 if time.monotonic() < fast_until else poll_s)
 
 
+def print_report(
+    result_table: str, diag: Sequence[str], notes: Sequence[str], title: str = ""
+) -> None:
+    """Print a benchmark's table, then its diagnostics and notes."""
+    print()
+    if title:
+        print(f"{title}\n")
+    print(result_table)
+    print()
+    for line in diag:
+        print(f"- {line}")
+    for note in notes:
+        print(f"NOTE: {note}")
+
+
 def write_readme_section(key: str, body: str) -> None:
     """Replace the text between ``<!-- key:begin -->`` and ``<!-- key:end -->`` in the
     benchmarks README (appending the markers if they are missing)."""

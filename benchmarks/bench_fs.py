@@ -35,6 +35,7 @@ from _common import (
     machine_facts,
     median,
     now_text,
+    print_report,
     table,
     verdict,
     wait_for_idle,
@@ -147,13 +148,7 @@ def main() -> int:
             command(["rm", "-rf", "--", tree])
 
     result_table = table(rows, "the command over the same connection")
-    print()
-    print(result_table)
-    print()
-    for line in diag:
-        print(f"- {line}")
-    for note in notes:
-        print(f"NOTE: {note}")
+    print_report(result_table, diag, notes)
 
     if opts.write:
         cmd = "python benchmarks/bench_fs.py" + (" --quick" if opts.quick else "") + " --write"

@@ -40,6 +40,7 @@ from _common import (
     machine_facts,
     median,
     now_text,
+    print_report,
     revision,
     table,
     verdict,
@@ -324,14 +325,7 @@ def main() -> int:
 
     title = f"{workers} workers each; spin = {iterations} loop iterations ≈ {spin_s * 1e3:.1f} ms"
     result_table = table(rows, "ProcessPoolExecutor")
-    print()
-    print(f"Local backend vs ProcessPoolExecutor ({title})\n")
-    print(result_table)
-    print()
-    for line in diag:
-        print(f"- {line}")
-    for note in notes:
-        print(f"NOTE: {note}")
+    print_report(result_table, diag, notes, f"Local backend vs ProcessPoolExecutor ({title})")
 
     if opts.write:
         cmd = "python benchmarks/bench_local.py" + (" --quick" if opts.quick else "") + " --write"

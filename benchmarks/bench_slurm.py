@@ -44,6 +44,7 @@ from _common import (
     machine_facts,
     median,
     now_text,
+    print_report,
     revision,
     table,
     verdict,
@@ -599,14 +600,9 @@ def main() -> int:
             raw.close()
 
     result_table = table(rows, "raw sbatch (best)")
-    print()
-    print("SLURM over SSH vs raw sbatch over one asyncssh connection\n")
-    print(result_table)
-    print()
-    for line in diag:
-        print(f"- {line}")
-    for note in notes:
-        print(f"NOTE: {note}")
+    print_report(
+        result_table, diag, notes, "SLURM over SSH vs raw sbatch over one asyncssh connection"
+    )
     if opts.write:
         flags = [f for f, on in (("--quick", opts.quick), ("--floor", opts.floor)) if on]
         cmd = " ".join(["python benchmarks/bench_slurm.py", *flags, "--write"])
