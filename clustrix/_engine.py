@@ -37,6 +37,8 @@ from .config import ClusterConfig, Resources
 from .errors import (
     BrokenClusterExecutor,
     ClusterError,
+    CommandTimeoutError,
+    ConnectionLostError,
     JobFailedError,
     JobLostError,
     ResultAuthenticationError,
@@ -157,6 +159,12 @@ class _Batch:
     def slots_in_use(self) -> int:
         n = self.unfinished()
         return min(n, self.throttle) if self.throttle else n
+
+
+@dataclass
+class _SubmitOutcome:
+    #: The submit command ran (or may have): the job may exist even if we saw no job ID.
+    may_exist: bool = False
 
 
 def _describe_request(resources: Resources) -> str:
@@ -403,17 +411,9 @@ class Engine:
                     batch.paths[self._result_path(batch, call)] = call
                     call.future._job_dir, call.future._task_index = job_dir, task_index
         self._batches.append(batch)
+        outcome = _SubmitOutcome()
         try:
-            python, code_path = await self.environment.prepare(tasks[0].plan)
-            spec = self._spec(job_dir, tasks, throttle, python, code_path)
-            await self._upload(batch, spec)
-            script_path = spec.path(_wire.SCRIPT_FILE)
-            argv = self.scheduler.submit_argv(spec, script_path)
-            result = await self._submit_with_retries(argv, tasks)
-            try:
-                job_ids = self.scheduler.parse_submit(spec, result.stdout)
-            except ValueError as exc:
-                raise SchedulerError(f"cannot read job IDs from {argv[0]}: {exc}") from exc
+            job_ids = await self._submit_until_accepted(batch, throttle, outcome)
         except (ClusterError, OSError) as exc:
             error = exc if isinstance(exc, ClusterError) else TransportError(str(exc))
             for task in tasks:
@@ -422,9 +422,14 @@ class Engine:
                 for call in task.open_calls():
                     self._resolve(call, None, error)
             self._batches.remove(batch)
-            self._spawn(self._remove_quietly([job_dir]))
+            if not outcome.may_exist:  # else the job may run: keep what it needs
+                self._spawn(self._remove_quietly([job_dir]))
             self._wake_submitter.set()
             return
+        for task in tasks:
+            if not task.resources.max_retries:
+                for call in task.calls:
+                    call.payload = None  # submitted: do not keep the arguments alive
         self._register(batch, job_ids)
         for task, job_id in zip(tasks, job_ids, strict=True):
             task.job_id = job_id
@@ -437,6 +442,84 @@ class Engine:
         if self._to_cancel:
             await self._flush_cancels()
         self._wake_monitor.set()
+
+    async def _submit_until_accepted(
+        self, batch: _Batch, throttle: int | None, outcome: _SubmitOutcome
+    ) -> list[str]:
+        """Upload the job directory and submit it; return the job IDs.
+
+        A lost connection (or a command that timed out) is retried, reconnecting with
+        backoff, for up to ``connection_grace_s``. If it happened while the submit command
+        ran, the scheduler may have the job already: it is looked up by its script before
+        anything is submitted again, so that no call runs twice.
+        """
+        tasks = batch.tasks
+        lost_since: tuple[float, str] | None = None
+        delay_s = 1.0
+        while True:
+            try:
+                python, code_path = await self.environment.prepare(tasks[0].plan)
+                spec = self._spec(batch.job_dir, tasks, throttle, python, code_path)
+                script_path = spec.path(_wire.SCRIPT_FILE)
+                if outcome.may_exist:
+                    job_ids = await self._find_submitted(spec, script_path)
+                    if job_ids is not None:
+                        log.warning(
+                            "clustrix: the submission of %s went through before the "
+                            "connection was lost: job %s",
+                            script_path,
+                            job_ids[0],
+                        )
+                        return job_ids
+                    outcome.may_exist = False
+                await self._upload(batch, spec)
+                argv = self.scheduler.submit_argv(spec, script_path)
+                outcome.may_exist = True
+                result = await self._submit_with_retries(argv, tasks)
+                try:
+                    return self.scheduler.parse_submit(spec, result.stdout)
+                except ValueError as exc:
+                    raise SchedulerError(f"cannot read job IDs from {argv[0]}: {exc}") from exc
+            except (ConnectionLostError, CommandTimeoutError) as exc:
+                now = time.monotonic()
+                if lost_since is None:
+                    lost_since = (now, time.strftime("%Y-%m-%d %H:%M:%S"))
+                started, wall = lost_since
+                if now + delay_s - started > self.config.connection_grace_s:
+                    maybe = (
+                        f"; the job may have been submitted: look for {batch.job_dir}/"
+                        f"{_wire.SCRIPT_FILE} in the queue"
+                        if outcome.may_exist
+                        else ""
+                    )
+                    raise type(exc)(
+                        f"submission failed: connection to {self.transport.location} lost "
+                        f"since {wall} (longer than connection_grace_s="
+                        f"{self.config.connection_grace_s:g}): {exc}{maybe}"
+                    ) from exc
+                log.warning(
+                    "clustrix: submission interrupted (%s); retrying in %.0f s", exc, delay_s
+                )
+                self.stats["submit_reconnects"] += 1
+                await asyncio.sleep(delay_s)
+                delay_s = min(30.0, delay_s * 2)
+
+    async def _find_submitted(self, spec: JobSpec, script_path: str) -> list[str] | None:
+        """The job IDs of an earlier submission of ``script_path``, or None if there is
+        none. Raises if the scheduler cannot tell (submitting again could run calls twice)."""
+        argv = self.scheduler.find_submitted_argv(script_path)
+        if argv is None:
+            raise SchedulerError(
+                f"the connection was lost while {script_path} was being submitted, and "
+                f"{self.scheduler.name} cannot tell whether the job exists; not submitting "
+                "it twice"
+            )
+        result = await self._run(argv)
+        if not result.ok:
+            raise ConnectionLostError(  # retried like a lost connection: must know first
+                f"cannot look up the interrupted submission: {result.stderr.strip()}"
+            )
+        return self.scheduler.parse_find_submitted(spec, result.stdout, script_path)
 
     async def _submit_with_retries(self, argv: list[str], tasks: list[Task]) -> CommandResult:
         """Run the submit command; wait and retry while the scheduler says "not now"
@@ -534,9 +617,6 @@ class Engine:
             files[spec.path(_wire.TASKS_DIR, f"{task.index}{_wire.SUFFIX}")] = _wire.seal(
                 batch.secret, body
             )
-            if not task.resources.max_retries:
-                for call in task.calls:
-                    call.payload = None  # uploaded: do not keep the arguments alive
         limit = asyncio.Semaphore(IO_CONCURRENCY)
 
         async def put(path: str, data: bytes) -> None:
@@ -568,9 +648,19 @@ class Engine:
                 self.config.poll_interval_min_s,
                 self.config.poll_interval_max_s,
             )
+            if self._lost_since is not None:
+                delay = max(delay, self._reconnect_delay())
             with contextlib.suppress(asyncio.TimeoutError):  # woken early by a submission
                 await asyncio.wait_for(self._wake_monitor.wait(), delay)
             self._wake_monitor.clear()
+
+    def _reconnect_delay(self) -> float:
+        """Back off while the cluster cannot be reached: 1, 2, 4 ... 30 s since the loss,
+        but often enough that the grace period ends on time."""
+        assert self._lost_since is not None
+        lost_for_s = time.monotonic() - self._lost_since[0]
+        backoff_s = min(30.0, max(1.0, lost_for_s))  # doubles the wait with each retry
+        return min(backoff_s, max(1.0, self.config.connection_grace_s / 4))
 
     def _connection_trouble(self, exc: BaseException) -> None:
         now = time.monotonic()

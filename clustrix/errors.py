@@ -8,6 +8,7 @@ own exceptions come back unchanged (their own type), with the remote traceback a
     ├── ConfigError(ValueError)          bad configuration: names the field, value and fix
     ├── SerializationError(TypeError)    a function/argument/result that cannot be pickled
     ├── TransportError                   SSH or local I/O failed (connection, timeout, …)
+    │   ├── ConnectionLostError          the cluster could not be reached: may come back
     │   └── CommandTimeoutError          a remote command exceeded its timeout
     ├── SchedulerError                   the scheduler answered with something we cannot use
     │   └── SubmissionError              sbatch (or the like) refused a job: carries stderr
@@ -31,6 +32,7 @@ __all__ = [
     "ClusterError",
     "CommandTimeoutError",
     "ConfigError",
+    "ConnectionLostError",
     "JobFailedError",
     "JobLostError",
     "PackagingError",
@@ -58,6 +60,12 @@ class SerializationError(ClusterError, TypeError):
 
 class TransportError(ClusterError):
     """A command or file operation on the cluster could not be carried out."""
+
+
+class ConnectionLostError(TransportError):
+    """The connection to the cluster dropped, or the cluster could not be reached (refused,
+    timed out, unreachable). Unlike a refused login or a wrong host key, this may pass:
+    the executor retries such failures for up to ``connection_grace_s``."""
 
 
 class CommandTimeoutError(TransportError):

@@ -163,6 +163,18 @@ class Scheduler(ABC):
         """True if a refused submission should be retried later (e.g. a rate limit)."""
         return False
 
+    def find_submitted_argv(self, script_path: str) -> list[str] | None:
+        """A command listing the jobs submitted from ``script_path``, run when the connection
+        was lost while the submit command ran. None: the backend cannot tell."""
+        return None
+
+    def parse_find_submitted(
+        self, spec: JobSpec, stdout: str, script_path: str
+    ) -> list[str] | None:
+        """The job IDs (as :meth:`parse_submit` gives them) of the submission of
+        ``script_path`` in :meth:`find_submitted_argv`'s output, or None if it is not there."""
+        return None
+
     def status_ok_anyway(self, output: str) -> bool:
         """True if a non-zero exit of the status command still means a valid answer."""
         return False

@@ -173,6 +173,21 @@ class SlurmScheduler(Scheduler):
             return [base]
         return [f"{base}_{i}" for i in range(spec.n_tasks)]
 
+    def find_submitted_argv(self, script_path: str) -> list[str] | None:
+        """Every job of the user with its command (the script path sbatch was given)."""
+        return ["squeue", "--me", "-h", "-t", "all", "-o", "%F|%o"]
+
+    def parse_find_submitted(
+        self, spec: JobSpec, stdout: str, script_path: str
+    ) -> list[str] | None:
+        """``<array job id>|<command>`` lines → the IDs of the job whose command is
+        ``script_path`` (its array tasks are numbered as in :meth:`parse_submit`)."""
+        for line in stdout.splitlines():
+            job_id, sep, command = line.partition("|")
+            if sep and job_id.isdigit() and command == script_path:
+                return self.parse_submit(spec, job_id)
+        return None
+
     # ------------------------------------------------------------------ status
     def status_argv(self, job_ids: Sequence[str]) -> list[str]:
         """One ``squeue`` for every job, finished ones included (``-t all``)."""

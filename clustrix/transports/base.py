@@ -5,7 +5,9 @@ library (``subprocess``/``os``/``pathlib``) and asyncssh's SFTP client. Paths ar
 relative ones resolve against the login directory (home) of the account the transport acts
 as. Errors are translated once, here at the boundary: a missing path raises the builtin
 :class:`FileNotFoundError`, a refused one :class:`PermissionError`, and everything else about
-reaching the cluster a :class:`clustrix.errors.TransportError`.
+reaching the cluster a :class:`clustrix.errors.TransportError` (its subclass
+:class:`clustrix.errors.ConnectionLostError` when the connection dropped or could not be made,
+which may pass).
 
 The filesystem core (:meth:`Transport.stat`, :meth:`Transport.lstat`, :meth:`Transport.scandir`,
 :meth:`Transport.scan_tree`, file handles from :meth:`Transport.open`, single-file

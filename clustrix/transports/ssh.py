@@ -25,7 +25,7 @@ from typing import Any, Literal, TypeVar, cast
 
 import asyncssh
 
-from ..errors import CommandTimeoutError, TransportError
+from ..errors import CommandTimeoutError, ConnectionLostError, TransportError
 from .base import (
     CommandResult,
     DirEntry,
@@ -188,7 +188,7 @@ class SSHTransport(Transport):
                 "check username, key_file, password or the SSH agent"
             ) from exc
         except asyncio.TimeoutError as exc:  # before OSError: it is one on Python >= 3.11
-            raise TransportError(
+            raise ConnectionLostError(
                 f"connection to {self._where} timed out after {self._connect_timeout_s} s: "
                 "check the host, port and network (VPN, firewall)"
             ) from exc
@@ -197,14 +197,16 @@ class SSHTransport(Transport):
                 f"cannot resolve host {self._host!r} ({exc.strerror}): check the host name"
             ) from exc
         except ConnectionRefusedError as exc:
-            raise TransportError(
+            raise ConnectionLostError(
                 f"connection to {self._where} refused: check the port and that sshd runs there"
             ) from exc
         except OSError as exc:
-            raise TransportError(
+            raise ConnectionLostError(
                 f"cannot reach {self._where} ({exc.strerror or exc}): check the host and network"
             ) from exc
-        except (asyncssh.Error, ValueError) as exc:  # disconnects, unreadable keys, bad config
+        except asyncssh.ConnectionLost as exc:  # dropped during the handshake
+            raise ConnectionLostError(f"cannot connect to {self.location}: {exc}") from exc
+        except (asyncssh.Error, ValueError) as exc:  # unreadable keys, bad config, ...
             raise TransportError(f"cannot connect to {self.location}: {exc}") from exc
 
     @contextlib.contextmanager
@@ -230,7 +232,7 @@ class SSHTransport(Transport):
             ConnectionError,
         ) as exc:
             self._drop(conn)
-            raise TransportError(f"connection to {self.location} lost: {what}: {exc}") from exc
+            raise ConnectionLostError(f"connection to {self.location} lost: {what}: {exc}") from exc
         except asyncio.TimeoutError:
             timeout_s = self._command_timeout_s if timeout_s is None else timeout_s
             raise CommandTimeoutError(
@@ -239,7 +241,9 @@ class SSHTransport(Transport):
         except (asyncssh.Error, OSError) as exc:
             if conn.is_closed():  # e.g. ChannelOpenError("SSH connection closed")
                 self._drop(conn)
-                raise TransportError(f"connection to {self.location} lost: {what}: {exc}") from exc
+                raise ConnectionLostError(
+                    f"connection to {self.location} lost: {what}: {exc}"
+                ) from exc
             raise TransportError(f"{what} on {self.location} failed: {exc}") from exc
 
     # -- commands --------------------------------------------------------------------------

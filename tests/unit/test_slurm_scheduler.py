@@ -539,3 +539,37 @@ def test_read_partitions_oversubscription_modes_and_default() -> None:
 def test_max_array_size_default_before_discovery() -> None:
     assert SlurmScheduler().max_array_size == 1001
     assert SlurmScheduler.supports_array_throttle is True
+
+
+# Captured from `squeue --me -h -t all -o '%F|%o'` on the test cluster: a pending array
+# (one collapsed line), its running task, an unrelated job, and a path with a space.
+FIND_SUBMITTED_OUTPUT = """\
+45373|/tmp/lk/job one.sh
+45372|/tmp/exp1.sh
+45373|/tmp/lk/job one.sh
+45374|/home/u/.clustrix/jobs/ab12/job.sh
+"""
+
+
+def test_find_submitted_argv_lists_every_job_of_the_user_with_its_command() -> None:
+    argv = SlurmScheduler().find_submitted_argv("/x/job.sh")
+    assert argv == ["squeue", "--me", "-h", "-t", "all", "-o", "%F|%o"]
+
+
+def test_parse_find_submitted_finds_the_job_of_the_script() -> None:
+    found = SlurmScheduler().parse_find_submitted(
+        spec(), FIND_SUBMITTED_OUTPUT, "/home/u/.clustrix/jobs/ab12/job.sh"
+    )
+    assert found == ["45374"]
+
+
+def test_parse_find_submitted_numbers_array_tasks() -> None:
+    found = SlurmScheduler().parse_find_submitted(
+        spec(3), FIND_SUBMITTED_OUTPUT, "/tmp/lk/job one.sh"
+    )
+    assert found == ["45373_0", "45373_1", "45373_2"]
+
+
+@pytest.mark.parametrize("path", ["/tmp/lk/job", "/home/u/.clustrix/jobs/ab12", "job.sh", ""])
+def test_parse_find_submitted_is_none_when_the_script_is_not_queued(path: str) -> None:
+    assert SlurmScheduler().parse_find_submitted(spec(), FIND_SUBMITTED_OUTPUT, path) is None
