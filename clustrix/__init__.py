@@ -14,6 +14,7 @@ import importlib
 # name TYPE_CHECKING as true).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from .checkpoint import Checkpointable, DelayedCall
     from .config import ClusterConfig, Resources
     from .decorator import ClusterFunction, cluster
     from .errors import (
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
 # imports the package without pulling in the executor, pydantic or asyncssh.
 _LAZY = {
     "BrokenClusterExecutor": "errors",
+    "Checkpointable": "checkpoint",
     "ClusterConfig": "config",
     "ClusterError": "errors",
     "ClusterExecutor": "executor",
@@ -62,6 +64,7 @@ _LAZY = {
     "CommandTimeoutError": "errors",
     "ConfigError": "errors",
     "ConnectionLostError": "errors",
+    "DelayedCall": "checkpoint",
     "DiskUsage": "filesystem",
     "ExecutorView": "executor",
     "FileInfo": "filesystem",
@@ -106,6 +109,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BrokenClusterExecutor",
+    "Checkpointable",
     "ClusterConfig",
     "ClusterError",
     "ClusterExecutor",
@@ -114,6 +118,7 @@ __all__ = [
     "CommandTimeoutError",
     "ConfigError",
     "ConnectionLostError",
+    "DelayedCall",
     "DiskUsage",
     "ExecutorView",
     "FileInfo",

@@ -63,8 +63,12 @@ __all__ = ["Engine", "Task"]
 
 log = logging.getLogger("clustrix")
 
-#: Submissions arriving within this window go out together (one job array).
+#: Submissions arriving less than this apart go out together (one job array) ...
 BATCH_WINDOW_S = 0.005
+#: ... unless the burst goes on for longer than this.
+BATCH_MAX_WAIT_S = 0.1
+#: At most this many results are fetched per round (bounds the memory of a huge map).
+FETCH_ROUND = 512
 #: At most this many file transfers in flight at once over one connection.
 IO_CONCURRENCY = 64
 #: Final states that say the infrastructure failed, not the call: retried (max_retries).
@@ -203,6 +207,7 @@ class Engine:
             )
         self._loop = loop
         self._held: deque[Task] = deque()
+        self._enqueued = 0  # enqueue() calls so far: tells when a burst of them is over
         self._batches: list[_Batch] = []
         self._call_of: dict[ClusterFuture[Any], _Call] = {}
         self._to_cancel: set[str] = set()
@@ -331,6 +336,7 @@ class Engine:
                 assert call.future is not None
                 self._call_of[call.future] = call
             self._held.append(task)
+        self._enqueued += 1
         self._idle.clear()
         self._wake_submitter.set()
 
@@ -360,7 +366,7 @@ class Engine:
     async def _submitter(self) -> None:
         while True:
             await self._wake_submitter.wait()
-            await asyncio.sleep(BATCH_WINDOW_S)  # let a burst of submit() calls gather
+            await self._let_the_burst_gather()
             self._wake_submitter.clear()
             try:
                 while self._held and self._free_slots() > 0:
@@ -375,6 +381,16 @@ class Engine:
                 self._break(exc)
                 return
             self._update_idle()
+
+    async def _let_the_burst_gather(self) -> None:
+        """Wait while submit() calls keep coming (a loop of them on a busy machine can be
+        milliseconds apart), so that they go out as one submission."""
+        deadline = time.monotonic() + BATCH_MAX_WAIT_S
+        while True:
+            seen = self._enqueued
+            await asyncio.sleep(BATCH_WINDOW_S)
+            if self._enqueued == seen or time.monotonic() > deadline:
+                return
 
     def _spec(
         self,
@@ -748,6 +764,12 @@ class Engine:
         return changed
 
     async def _fetch_results(self, calls: list[_Call]) -> None:
+        # In rounds: 10,000 results that show up at once must not mean 10,000 reads (and
+        # their data) in flight together.
+        for start in range(0, len(calls), FETCH_ROUND):
+            await self._fetch_round(calls[start : start + FETCH_ROUND])
+
+    async def _fetch_round(self, calls: list[_Call]) -> None:
         limit = asyncio.Semaphore(IO_CONCURRENCY)
 
         async def fetch(call: _Call) -> bytes:
@@ -819,11 +841,15 @@ class Engine:
                     reason="the job left the scheduler without a result or an exit status",
                 )
             else:
-                reason = (
-                    "the worker exited before writing this call's result"
-                    if (exit_code == 0)
-                    else (final.reason if final is not None else "")
-                )
+                if exit_code == 0:
+                    reason = "the worker exited before writing this call's result"
+                elif exit_code == _wire.EXIT_REQUEUE:
+                    reason = (
+                        "the call checkpointed but the job could not be requeued (see "
+                        "stderr; SLURM's MaxBatchRequeue limits requeues per job)"
+                    )
+                else:
+                    reason = final.reason if final is not None else ""
                 error = JobFailedError(
                     task.job_id,
                     state,

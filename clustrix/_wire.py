@@ -38,6 +38,12 @@ TASKS_DIR = "tasks"
 RESULTS_DIR = "results"
 LOGS_DIR = "logs"
 EXIT_DIR = "exit"
+
+#: The worker's exit status when it checkpointed and asks the job script to requeue the job
+#: (EX_TEMPFAIL of sysexits.h: "try again later").
+EXIT_REQUEUE = 75
+#: Set (to the signal's name) by a job script that forwards a checkpoint signal to the worker.
+CHECKPOINT_SIGNAL_ENV = "CLUSTRIX_CHECKPOINT_SIGNAL"
 SUFFIX = ".pkl"
 
 # A result record is a dict of plain values (safe to unpickle once its MAC is checked):

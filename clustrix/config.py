@@ -83,6 +83,15 @@ class Resources(_Model):
         description="Resubmit calls whose job died for infrastructure reasons (NODE_FAIL, "
         "PREEMPTED, BOOT_FAIL) up to this many times; a call that raised is never retried.",
     )
+    checkpoint_before_s: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Signal the job this many seconds before its time limit (SLURM "
+        "--signal, give time_limit_min too; SLURM may signal up to 60 s early): a call "
+        "whose function has a checkpoint() method (clustrix.Checkpointable) checkpoints, and "
+        "the job is requeued to resume it; calls not yet started are requeued as they are.",
+    )
 
     @field_validator("partition", "account", "qos")
     @classmethod

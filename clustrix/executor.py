@@ -304,6 +304,16 @@ class ClusterExecutor(_Submitter, FileSystemMixin, Executor):
             slots = self._engine.slots(resources) or 1
             chunksize = max(1, math.ceil(len(payloads) / slots))
         job_name = job_name_for(fn, resources)
+        if (
+            resources.checkpoint_before_s is not None
+            and not self._engine.scheduler.supports_requeue
+        ):
+            raise ConfigError(
+                f"checkpoint_before_s={resources.checkpoint_before_s} needs a scheduler that "
+                f"signals jobs before their time limit and requeues them; "
+                f"cluster_type={self.config.cluster_type!r} does not: use cluster_type='slurm' "
+                "or leave checkpoint_before_s unset"
+            )
         with self._shutdown_lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")

@@ -64,14 +64,24 @@ def _error_record(exc: BaseException, context: str = "") -> _wire.Record:
     }
 
 
-def run_call(payload: bytes) -> _wire.Record:
-    """Unpickle one call, run it, and return its result record (never raises)."""
+def run_call(payload: bytes, checkpointer: _Checkpointer | None = None) -> _wire.Record | None:
+    """Unpickle one call, run it, and return its result record (never raises). None: the
+    checkpoint signal came before the call started, so it did not start."""
     try:
         fn, args, kwargs = pickle.loads(payload)
     except BaseException as exc:
         return _error_record(exc, "clustrix: the call could not be unpickled on the node")
     try:
-        value = fn(*args, **kwargs)
+        if checkpointer is not None:
+            checkpointer.current = (fn, args, kwargs)
+            if checkpointer.signalled:  # while unpickling: requeue it rather than start it
+                checkpointer.current = None
+                return None
+        try:
+            value = fn(*args, **kwargs)
+        finally:
+            if checkpointer is not None:
+                checkpointer.current = None
     except BaseException as exc:  # SystemExit/KeyboardInterrupt from user code are results too
         return _error_record(exc)
     try:
@@ -99,12 +109,85 @@ def run_call(payload: bytes) -> _wire.Record:
     return {"ok": True, "value": data}
 
 
+def _say(message: str) -> None:
+    print(f"clustrix worker: {message}", file=sys.stderr, flush=True)
+
+
+class _Checkpointer:
+    """What the worker does on the checkpoint signal (see :mod:`clustrix.checkpoint`).
+
+    If a call is running and its function has a ``checkpoint`` method, the call it returns
+    replaces the running one: the task file is rewritten with it and the calls not started
+    yet, and the worker exits with :data:`clustrix._wire.EXIT_REQUEUE` so that the job script
+    requeues the job. Otherwise the running call goes on and the calls after it are requeued
+    once it is done.
+    """
+
+    def __init__(self, task_path: str, secret: bytes) -> None:
+        self.task_path = task_path
+        self.secret = secret
+        self.signalled = False
+        #: (fn, args, kwargs) while the user's code runs
+        self.current: tuple[object, tuple[object, ...], dict[str, object]] | None = None
+        #: (call_index, payload) of the running call and those after it
+        self.pending: list[tuple[int, bytes]] = []
+
+    def install(self, signal_name: str) -> None:
+        import signal
+
+        signal.signal(getattr(signal, f"SIG{signal_name}"), self._on_signal)
+
+    def requeue(self, calls: list[tuple[int, bytes]]) -> int:
+        """Save ``calls`` as this task's work and return the exit status that asks for a
+        requeue."""
+        body = pickle.dumps(calls, protocol=pickle.HIGHEST_PROTOCOL)
+        _wire.write_atomic(self.task_path, _wire.seal(self.secret, body))
+        _say(f"checkpointed: {len(calls)} call(s) left for when the job is requeued")
+        sys.stdout.flush()
+        return _wire.EXIT_REQUEUE
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        # Runs inside the user's code: it must never raise into it.
+        try:
+            self._checkpoint()
+        except BaseException as exc:  # the call goes on, whatever happened here
+            _say(f"checkpoint failed, the call goes on: {exc!r}")
+
+    def _checkpoint(self) -> None:
+        if self.signalled:
+            return
+        self.signalled = True
+        if self.current is None or not self.pending:
+            return  # between calls: run_task requeues what is left
+        fn, args, kwargs = self.current
+        name = getattr(fn, "__qualname__", type(fn).__qualname__)
+        hook = getattr(fn, "checkpoint", None)
+        if hook is None:
+            _say(f"checkpoint signal: {name} has no checkpoint() method, so it goes on")
+            return
+        resumed = hook(*args, **kwargs)
+        if resumed is None:
+            _say(f"checkpoint signal: {name}.checkpoint() declined, the call goes on")
+            return
+        from clustrix.checkpoint import DelayedCall
+
+        if not isinstance(resumed, DelayedCall):
+            _say(
+                f"{name}.checkpoint() returned a {type(resumed).__name__}, not a "
+                "clustrix.DelayedCall or None: the call goes on"
+            )
+            return
+        payload = _dumps((resumed.fn, resumed.args, resumed.kwargs))
+        call_index = self.pending[0][0]
+        os._exit(self.requeue([(call_index, payload), *self.pending[1:]]))
+
+
 def run_task(job_dir: str, task_index: int) -> int:
     """Run every call of one task; return the process exit status."""
+    task_path = os.path.join(job_dir, _wire.TASKS_DIR, f"{task_index}{_wire.SUFFIX}")
     try:
         with open(os.path.join(job_dir, _wire.SECRET_FILE), "rb") as fh:
             secret = fh.read()
-        task_path = os.path.join(job_dir, _wire.TASKS_DIR, f"{task_index}{_wire.SUFFIX}")
         with open(task_path, "rb") as fh:
             calls = pickle.loads(_wire.unseal(secret, fh.read()))
     except (OSError, ValueError, pickle.UnpicklingError) as exc:
@@ -113,15 +196,32 @@ def run_task(job_dir: str, task_index: int) -> int:
         )
         return EXIT_BAD_TASK
     results_dir = os.path.join(job_dir, _wire.RESULTS_DIR)
-    for call_index, payload in calls:
-        record = run_call(payload)
+
+    def result_path(call_index: int) -> str:
+        return os.path.join(results_dir, f"{call_index}{_wire.SUFFIX}")
+
+    # A job the scheduler started again (requeued) does not redo the calls it finished.
+    pending = [call for call in calls if not os.path.exists(result_path(call[0]))]
+    checkpointer = None
+    signal_name = os.environ.pop(_wire.CHECKPOINT_SIGNAL_ENV, "")
+    if signal_name:
+        checkpointer = _Checkpointer(task_path, secret)
+        checkpointer.install(signal_name)
+    while pending:
+        if checkpointer is not None:
+            if checkpointer.signalled:
+                return checkpointer.requeue(pending)
+            checkpointer.pending = pending
+        call_index, payload = pending[0]
+        record = run_call(payload, checkpointer)
+        if record is None:
+            assert checkpointer is not None
+            return checkpointer.requeue(pending)
         # Flush the user's prints before the result appears, so logs are complete by then.
         sys.stdout.flush()
         sys.stderr.flush()
-        _wire.write_atomic(
-            os.path.join(results_dir, f"{call_index}{_wire.SUFFIX}"),
-            _wire.dump_record(secret, record),
-        )
+        _wire.write_atomic(result_path(call_index), _wire.dump_record(secret, record))
+        pending = pending[1:]
     return 0
 
 

@@ -11,6 +11,8 @@ import sys
 import time
 from typing import Any
 
+from clustrix.checkpoint import Checkpointable, DelayedCall
+
 
 def add(x: int, y: int) -> int:
     return x + y
@@ -157,3 +159,33 @@ def unpicklable_result() -> Any:
     import threading
 
     return threading.Lock()
+
+
+def note_then_sleep(x: int, log_path: str, seconds: float) -> int:
+    """Append ``x`` to ``log_path`` (one line per run of the call), sleep, return ``10 x``."""
+    with open(log_path, "a") as fh:
+        fh.write(f"{x}\n")
+    time.sleep(seconds)
+    return 10 * x
+
+
+class CountTo(Checkpointable):
+    """Counts to ``steps``, one step per ``step_s``; progress lives on ``self`` so that a
+    checkpoint resumes where it stopped. The result tells how often the call was started
+    and checkpointed."""
+
+    def __init__(self) -> None:
+        self.done = 0
+        self.starts = 0
+        self.checkpoints = 0
+
+    def __call__(self, steps: int, step_s: float) -> dict[str, int]:
+        self.starts += 1
+        while self.done < steps:
+            time.sleep(step_s)
+            self.done += 1
+        return {"done": self.done, "starts": self.starts, "checkpoints": self.checkpoints}
+
+    def checkpoint(self, steps: int, step_s: float) -> DelayedCall | None:
+        self.checkpoints += 1
+        return super().checkpoint(steps, step_s)

@@ -88,15 +88,21 @@ def setup_lines(module_loads: Sequence[str], environment: dict[str, str]) -> lis
     return lines
 
 
-def render_body(spec: JobSpec, task_index: str) -> str:
+def render_body(spec: JobSpec, task_index: str, *, requeue_command: str | None = None) -> str:
     """The part of every job script after the scheduler's directives.
 
     ``task_index`` is a shell expression giving this task's index (e.g.
     ``${SLURM_ARRAY_TASK_ID:-0}``). Every user-supplied value is quoted with
     :func:`shlex.quote`. The worker runs as a child so the script can record its exit status
     even when the job is asked to stop (TERM is passed on to the worker).
+
+    With ``requeue_command`` (a shell command requeueing this job) and
+    ``checkpoint_before_s`` set, the checkpoint signal (USR2) is passed on to the worker too,
+    and a worker that checkpointed (exit status :data:`clustrix._wire.EXIT_REQUEUE`) gets its
+    job requeued instead of an exit status: the job is not over.
     """
     q = shlex.quote
+    checkpoint = requeue_command is not None and spec.resources.checkpoint_before_s is not None
     # The task index is read before the user's variables are exported (a user variable
     # named like the scheduler's must not move the task), and the script's own variables
     # carry a _clx_ prefix that user variables may not use (see ClusterConfig).
@@ -106,14 +112,39 @@ def render_body(spec: JobSpec, task_index: str) -> str:
     lines += [
         f"_clx_job_dir={q(spec.job_dir)}",
         f"_clx_exit_dir={q(spec.path(_wire.EXIT_DIR))}",
+    ]
+    worker_env = ""
+    if checkpoint:
+        worker_env = f"{_wire.CHECKPOINT_SIGNAL_ENV}=USR2 "
+        lines += [
+            "# USR2 ignored until the worker's handler is in place (ignoring survives exec)",
+            "trap '' USR2",
+        ]
+    lines += [
         "# PYTHONSAFEPATH: a 'clustrix' directory in the job's cwd must not shadow the runtime",
-        f'PYTHONSAFEPATH=1 PYTHONPATH={q(python_path)}"${{PYTHONPATH:+:$PYTHONPATH}}" \\',
+        f"{worker_env}PYTHONSAFEPATH=1 "
+        f'PYTHONPATH={q(python_path)}"${{PYTHONPATH:+:$PYTHONPATH}}" \\',
         f'  {q(spec.python)} -m clustrix.worker run "$_clx_job_dir" "$_clx_task" &',
         "_clx_child=$!",
-        "trap 'kill -TERM \"$_clx_child\" 2>/dev/null' TERM INT HUP",
-        'wait "$_clx_child"; _clx_rc=$?',
-        '# a trapped signal interrupts "wait": wait again for the real status',
-        'while kill -0 "$_clx_child" 2>/dev/null; do wait "$_clx_child"; _clx_rc=$?; done',
+        "trap '_clx_sig=1; kill -TERM \"$_clx_child\" 2>/dev/null' TERM INT HUP",
+    ]
+    if checkpoint:
+        lines.append("trap '_clx_sig=1; kill -USR2 \"$_clx_child\" 2>/dev/null' USR2")
+    lines += [
+        '# a trapped signal interrupts "wait" (status 128+n): wait again for the real status,',
+        "# which bash keeps even when the worker has exited meanwhile",
+        "_clx_sig=1",
+        'while [ "$_clx_sig" = 1 ]; do _clx_sig=0; wait "$_clx_child"; _clx_rc=$?; done',
+    ]
+    if checkpoint:
+        lines += [
+            f'if [ "$_clx_rc" = {_wire.EXIT_REQUEUE} ]; then',
+            "  echo 'clustrix: the worker checkpointed; requeueing the job' >&2",
+            f"  {requeue_command} && exit 0",
+            "  echo 'clustrix: the job could not be requeued' >&2",
+            "fi",
+        ]
+    lines += [
         'printf \'%s\\n\' "$_clx_rc" > "$_clx_exit_dir/.$_clx_task.tmp" &&',
         '  mv -f "$_clx_exit_dir/.$_clx_task.tmp" "$_clx_exit_dir/$_clx_task"',
         'exit "$_clx_rc"',
@@ -130,6 +161,8 @@ class Scheduler(ABC):
     supports_array_throttle: bool = False
     #: Largest number of tasks in one submission.
     max_array_size: int = 1_000_000
+    #: True if a job can be signalled before its time limit and requeued (checkpointing).
+    supports_requeue: bool = False
 
     async def discover(self, run: RunCommand) -> None:
         """Read facts about the cluster once (array size limit, accounting). Default: none."""

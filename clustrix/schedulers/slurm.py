@@ -68,6 +68,7 @@ class SlurmScheduler(Scheduler):
 
     name = "slurm"
     supports_array_throttle = True
+    supports_requeue = True
 
     def __init__(self, *, use_sacct: bool | None = None) -> None:
         self.use_sacct = use_sacct
@@ -127,6 +128,8 @@ class SlurmScheduler(Scheduler):
             f"--job-name={spec.job_name}",
             f"--output={_quote_directive(f'{logs}/{task}.out')}",
             f"--error={_quote_directive(f'{logs}/{task}.err')}",
+            # a requeued job (checkpoint, node failure) keeps the logs of its earlier runs
+            "--open-mode=append",
         ]
         if spec.n_tasks > 1:
             throttle = f"%{spec.array_throttle}" if spec.array_throttle else ""
@@ -145,6 +148,9 @@ class SlurmScheduler(Scheduler):
                 options.append(f"--{flag}={value}")
         if res.gpus:
             options.append(f"--gpus={res.gpus}")
+        if res.checkpoint_before_s is not None:
+            # B: signal the batch shell only; it passes USR2 on to the worker (render_body)
+            options += [f"--signal=B:USR2@{res.checkpoint_before_s}", "--requeue"]
         for extra in res.extra_directives:
             options.append(extra.strip().removeprefix("#SBATCH").strip())
         return options
@@ -152,7 +158,10 @@ class SlurmScheduler(Scheduler):
     def render_script(self, spec: JobSpec) -> str:
         """The sbatch script: directives, then the common body."""
         lines = ["#!/bin/bash"] + [f"#SBATCH {option}" for option in self.directives(spec)]
-        return "\n".join(lines) + "\n" + render_body(spec, '"${SLURM_ARRAY_TASK_ID:-0}"')
+        body = render_body(
+            spec, '"${SLURM_ARRAY_TASK_ID:-0}"', requeue_command='scontrol requeue "$SLURM_JOB_ID"'
+        )
+        return "\n".join(lines) + "\n" + body
 
     def is_transient_submit_error(self, message: str) -> bool:
         """Refusals that mean "not now": submission limits and a busy or restarting

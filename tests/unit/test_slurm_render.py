@@ -60,8 +60,11 @@ ARRAY = JobSpec(
     array_throttle=4,
 )
 
+CHECKPOINTING = replace(SINGLE, resources=Resources(time_limit_min=30, checkpoint_before_s=120))
+
 CASES = [
     pytest.param(SlurmScheduler(), SINGLE, "slurm_single.sh", id="slurm-single"),
+    pytest.param(SlurmScheduler(), CHECKPOINTING, "slurm_checkpoint.sh", id="slurm-checkpoint"),
     pytest.param(SlurmScheduler(), ARRAY, "slurm_array.sh", id="slurm-array"),
     pytest.param(LocalScheduler(), SINGLE, "local_single.sh", id="local-single"),
     pytest.param(LocalScheduler(), ARRAY, "local_array.sh", id="local-array"),
@@ -99,8 +102,10 @@ def test_single_task_defaults() -> None:
         "--job-name=clustrix-simulate",
         "--output=/home/u/.clustrix/jobs/5e1d0c/logs/0.out",
         "--error=/home/u/.clustrix/jobs/5e1d0c/logs/0.err",
+        "--open-mode=append",
         "--cpus-per-task=1",
     ]
+    assert "USR2" not in script  # no checkpoint signal unless asked for
     assert 'task="${SLURM_ARRAY_TASK_ID:-0}"' in script
     # The directives must all come before the first command, or sbatch ignores them.
     first_command = next(
@@ -124,6 +129,21 @@ def test_array_resources_mapped_to_slurm() -> None:
     assert "--qos=normal" in options
     assert "--gpus=1" in options
     assert options[-2:] == ["--constraint=skylake", "--exclusive"]  # '#SBATCH' prefix dropped
+
+
+def test_checkpointing_signals_the_batch_shell_and_allows_requeue() -> None:
+    script = SlurmScheduler().render_script(CHECKPOINTING)
+    options = sbatch_options(script)
+    assert "--signal=B:USR2@120" in options
+    assert "--requeue" in options
+    assert "--time=30" in options
+    assert "CLUSTRIX_CHECKPOINT_SIGNAL=USR2 " in script
+    assert 'scontrol requeue "$SLURM_JOB_ID" && exit 0' in script
+
+
+def test_local_scheduler_never_renders_checkpointing() -> None:
+    assert "USR2" not in LocalScheduler().render_script(CHECKPOINTING)
+    assert not LocalScheduler.supports_requeue
 
 
 def test_mem_rounds_up_to_a_whole_megabyte() -> None:

@@ -2,6 +2,7 @@
 #SBATCH --job-name=clustrix-simulate
 #SBATCH --output="/scratch/my jobs/run 1/0f3c9a/logs/%a.out"
 #SBATCH --error="/scratch/my jobs/run 1/0f3c9a/logs/%a.err"
+#SBATCH --open-mode=append
 #SBATCH --array=0-9%4
 #SBATCH --cpus-per-task=4
 #SBATCH --mem=2560M
@@ -24,10 +25,11 @@ _clx_exit_dir='/scratch/my jobs/run 1/0f3c9a/exit'
 PYTHONSAFEPATH=1 PYTHONPATH='/scratch/my jobs/runtime/clustrix-worker.zip'"${PYTHONPATH:+:$PYTHONPATH}" \
   '/opt/python 3.11/bin/python3' -m clustrix.worker run "$_clx_job_dir" "$_clx_task" &
 _clx_child=$!
-trap 'kill -TERM "$_clx_child" 2>/dev/null' TERM INT HUP
-wait "$_clx_child"; _clx_rc=$?
-# a trapped signal interrupts "wait": wait again for the real status
-while kill -0 "$_clx_child" 2>/dev/null; do wait "$_clx_child"; _clx_rc=$?; done
+trap '_clx_sig=1; kill -TERM "$_clx_child" 2>/dev/null' TERM INT HUP
+# a trapped signal interrupts "wait" (status 128+n): wait again for the real status,
+# which bash keeps even when the worker has exited meanwhile
+_clx_sig=1
+while [ "$_clx_sig" = 1 ]; do _clx_sig=0; wait "$_clx_child"; _clx_rc=$?; done
 printf '%s\n' "$_clx_rc" > "$_clx_exit_dir/.$_clx_task.tmp" &&
   mv -f "$_clx_exit_dir/.$_clx_task.tmp" "$_clx_exit_dir/$_clx_task"
 exit "$_clx_rc"

@@ -2,6 +2,7 @@
 #SBATCH --job-name=clustrix-simulate
 #SBATCH --output=/home/u/.clustrix/jobs/5e1d0c/logs/0.out
 #SBATCH --error=/home/u/.clustrix/jobs/5e1d0c/logs/0.err
+#SBATCH --open-mode=append
 #SBATCH --cpus-per-task=1
 set -u
 _clx_task="${SLURM_ARRAY_TASK_ID:-0}"
@@ -11,10 +12,11 @@ _clx_exit_dir=/home/u/.clustrix/jobs/5e1d0c/exit
 PYTHONSAFEPATH=1 PYTHONPATH=/home/u/.clustrix/runtime/clustrix-worker.zip"${PYTHONPATH:+:$PYTHONPATH}" \
   /usr/bin/python3 -m clustrix.worker run "$_clx_job_dir" "$_clx_task" &
 _clx_child=$!
-trap 'kill -TERM "$_clx_child" 2>/dev/null' TERM INT HUP
-wait "$_clx_child"; _clx_rc=$?
-# a trapped signal interrupts "wait": wait again for the real status
-while kill -0 "$_clx_child" 2>/dev/null; do wait "$_clx_child"; _clx_rc=$?; done
+trap '_clx_sig=1; kill -TERM "$_clx_child" 2>/dev/null' TERM INT HUP
+# a trapped signal interrupts "wait" (status 128+n): wait again for the real status,
+# which bash keeps even when the worker has exited meanwhile
+_clx_sig=1
+while [ "$_clx_sig" = 1 ]; do _clx_sig=0; wait "$_clx_child"; _clx_rc=$?; done
 printf '%s\n' "$_clx_rc" > "$_clx_exit_dir/.$_clx_task.tmp" &&
   mv -f "$_clx_exit_dir/.$_clx_task.tmp" "$_clx_exit_dir/$_clx_task"
 exit "$_clx_rc"
