@@ -32,7 +32,7 @@ from . import _wire
 from ._bundle import worker_bundle
 from ._loop import LoopThread
 from ._remote_env import RemoteEnvironment
-from ._serialize import decode_result
+from ._serialize import Payload, decode_result
 from .config import ClusterConfig, Resources
 from .errors import (
     BrokenClusterExecutor,
@@ -83,7 +83,7 @@ STDERR_TAIL_BYTES = 4000
 class _Call:
     # Both dropped once the call is resolved: the engine keeps neither arguments nor results.
     future: ClusterFuture[Any] | None
-    payload: bytes | None
+    payload: Payload | None
     task: Task | None = None
     index: int = -1  # index within its submission: names its result file
     resolved: bool = False
@@ -113,7 +113,7 @@ class Task:
     def of(
         cls,
         futures: Sequence[ClusterFuture[Any]],
-        payloads: Sequence[bytes],
+        payloads: Sequence[Payload],
         resources: Resources,
         job_name: str,
         plan: EnvironmentPlan | None = None,
@@ -165,6 +165,10 @@ class _Batch:
         return min(n, self.throttle) if self.throttle else n
 
 
+class _TooManyTasks(Exception):
+    """The scheduler refused a submission for a job count limit it may never fit under."""
+
+
 @dataclass
 class _SubmitOutcome:
     #: The submit command ran (or may have): the job may exist even if we saw no job ID.
@@ -208,6 +212,9 @@ class Engine:
         self._loop = loop
         self._held: deque[Task] = deque()
         self._enqueued = 0  # enqueue() calls so far: tells when a burst of them is over
+        #: Most tasks per submission once the scheduler refused a bigger one for a job count
+        #: limit (MaxSubmitJobs): an array that can never fit goes out in smaller pieces.
+        self._tasks_cap: int | None = None
         self._batches: list[_Batch] = []
         self._call_of: dict[ClusterFuture[Any], _Call] = {}
         self._to_cancel: set[str] = set()
@@ -348,6 +355,8 @@ class Engine:
     def _take_batch(self, free: int) -> tuple[list[Task], int | None]:
         """The next tasks that can go out together, and the array throttle to use."""
         limit = self.scheduler.max_array_size
+        if self._tasks_cap is not None:
+            limit = min(limit, self._tasks_cap)
         if not self.scheduler.supports_array_throttle:
             limit = min(limit, free)
         key = self._held[0].group_key
@@ -430,6 +439,9 @@ class Engine:
         outcome = _SubmitOutcome()
         try:
             job_ids = await self._submit_until_accepted(batch, throttle, outcome)
+        except _TooManyTasks:
+            self._split(batch)
+            return
         except (ClusterError, OSError) as exc:
             error = exc if isinstance(exc, ClusterError) else TransportError(str(exc))
             for task in tasks:
@@ -464,8 +476,8 @@ class Engine:
     ) -> list[str]:
         """Upload the job directory and submit it; return the job IDs.
 
-        A lost connection (or a command that timed out) is retried, reconnecting with
-        backoff, for up to ``connection_grace_s``. If it happened while the submit command
+        A lost connection (or a submit command that timed out) is retried, reconnecting
+        with backoff, for up to ``connection_grace_s``. If it happened while the submit command
         ran, the scheduler may have the job already: it is looked up by its script before
         anything is submitted again, so that no call runs twice.
         """
@@ -491,12 +503,18 @@ class Engine:
                 await self._upload(batch, spec)
                 argv = self.scheduler.submit_argv(spec, script_path)
                 outcome.may_exist = True
-                result = await self._submit_with_retries(argv, tasks)
+                try:
+                    result = await self._submit_with_retries(argv, tasks)
+                except SubmissionError:
+                    outcome.may_exist = False  # refused: there is no job
+                    raise
                 try:
                     return self.scheduler.parse_submit(spec, result.stdout)
                 except ValueError as exc:
                     raise SchedulerError(f"cannot read job IDs from {argv[0]}: {exc}") from exc
             except (ConnectionLostError, CommandTimeoutError) as exc:
+                if isinstance(exc, CommandTimeoutError) and not outcome.may_exist:
+                    raise  # a slow upload or environment build: not worth repeating
                 now = time.monotonic()
                 if lost_since is None:
                     lost_since = (now, time.strftime("%Y-%m-%d %H:%M:%S"))
@@ -547,6 +565,10 @@ class Engine:
             if result.ok:
                 return result
             message = result.stderr.strip() or result.stdout.strip()
+            if len(tasks) > 1 and self.scheduler.is_job_count_limit(message):
+                # Maybe the whole array can never fit under the limit: send it in pieces.
+                log.warning("clustrix: %s: %s; splitting the submission", argv[0], message)
+                raise _TooManyTasks
             if not self.scheduler.is_transient_submit_error(message) or (
                 time.monotonic() + delay_s > deadline
             ):
@@ -563,6 +585,24 @@ class Engine:
             self.stats["submit_retries"] += 1
             await asyncio.sleep(delay_s)
             delay_s = min(60.0, delay_s * 2)
+
+    def _split(self, batch: _Batch) -> None:
+        """Put the tasks of a submission refused for its size back in front of the queue,
+        and send at most half as many per submission from now on."""
+        tasks = batch.tasks
+        self._tasks_cap = max(1, len(tasks) // 2)
+        self.stats["submit_splits"] += 1
+        for task in tasks:
+            task.index, task.batch = -1, None
+            task.set_state("HELD")
+            for call in task.calls:
+                call.index = -1
+                if call.future is not None:
+                    call.future._job_dir = call.future._task_index = None
+        self._batches.remove(batch)
+        self._spawn(self._remove_quietly([batch.job_dir]))
+        self._held.extendleft(reversed(tasks))
+        self._wake_submitter.set()
 
     def _register(self, batch: _Batch, job_ids: list[str]) -> None:
         """Record the submission in the local registry, for :meth:`recover` after a crash."""
@@ -628,7 +668,7 @@ class Engine:
             spec.path(_wire.SCRIPT_FILE): self.scheduler.render_script(spec).encode(),
         }
         for task in batch.tasks:
-            calls = [(c.index, c.payload) for c in task.open_calls()]
+            calls = [(c.index, *c.payload) for c in task.open_calls() if c.payload is not None]
             body = pickle.dumps(calls, protocol=pickle.HIGHEST_PROTOCOL)
             files[spec.path(_wire.TASKS_DIR, f"{task.index}{_wire.SUFFIX}")] = _wire.seal(
                 batch.secret, body

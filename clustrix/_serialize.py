@@ -1,8 +1,9 @@
 """Pickling calls and unpickling results on the client (cloudpickle).
 
-``dumps_call`` fails at ``submit()`` time, naming the offending object, so a bad argument
-never reaches the cluster. ``load_result`` turns a worker's record back into a value or
-into the user's own exception, with the remote traceback attached as ``__cause__``.
+``dumps_function`` and ``dumps_arguments`` fail at ``submit()`` time, naming the offending
+object, so a bad argument never reaches the cluster. ``decode_result`` turns a worker's
+record back into a value or into the user's own exception, with the remote traceback
+attached as ``__cause__``.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import cloudpickle
 from . import _wire
 from .errors import RemoteError, RemoteTraceback, SerializationError
 
-__all__ = ["decode_result", "dumps_call"]
+__all__ = ["Payload", "decode_result", "dumps_arguments", "dumps_call", "dumps_function"]
 
 
 def _describe(obj: Any) -> str:
@@ -24,27 +25,48 @@ def _describe(obj: Any) -> str:
     return f"{type(obj).__module__}.{type(obj).__qualname__} {text}"
 
 
-def dumps_call(
-    fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, call: int | None = None
-) -> bytes:
-    """Pickle one call; :class:`SerializationError` names the object that cannot travel."""
+#: A call as it travels: the pickled function and the pickled ``(args, kwargs)``. The
+#: function is pickled once per ``map`` and its bytes shared by every call (and written
+#: once per task file: pickle stores an object it has seen as a reference).
+Payload = tuple[bytes, bytes]
+
+
+def dumps_function(fn: Any) -> bytes:
+    """Pickle the function of a call (once for a whole map)."""
     if not callable(fn):
         raise TypeError(f"{fn!r} is not callable")
     try:
-        payload: bytes = cloudpickle.dumps((fn, args, kwargs), protocol=5)
+        data: bytes = cloudpickle.dumps(fn, protocol=5)
     except Exception as exc:
-        error = _pinpoint(fn, args, kwargs, exc)
+        raise _pinpoint(fn, (), {}, exc) from exc
+    return data
+
+
+def dumps_arguments(
+    args: tuple[Any, ...], kwargs: dict[str, Any], *, call: int | None = None
+) -> bytes:
+    """Pickle one call's arguments; :class:`SerializationError` names the one that cannot
+    travel (and which call of a map it belongs to)."""
+    try:
+        data: bytes = cloudpickle.dumps((args, kwargs), protocol=5)
+    except Exception as exc:
+        error = _pinpoint(None, args, kwargs, exc)
         if call is not None:  # one call of a map: say which
             error = SerializationError(f"map call {call} (input #{call}): {error}")
         raise error from exc
-    return payload
+    return data
+
+
+def dumps_call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Payload:
+    """Pickle one call; :class:`SerializationError` names the object that cannot travel."""
+    return dumps_function(fn), dumps_arguments(args, kwargs)
 
 
 def _pinpoint(
     fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any], exc: Exception
 ) -> SerializationError:
     """Find which part of a call failed to pickle, for an error that names it."""
-    candidates: list[tuple[str, Any]] = [("the function", fn)]
+    candidates: list[tuple[str, Any]] = [("the function", fn)] if fn is not None else []
     candidates += [(f"positional argument {i}", a) for i, a in enumerate(args)]
     candidates += [(f"keyword argument {k!r}", v) for k, v in kwargs.items()]
     for label, obj in candidates:

@@ -4,7 +4,8 @@ A job directory holds::
 
     secret            32 random bytes, mode 0600: the HMAC key of this submission
     job.sh            the rendered job script
-    tasks/<t>.pkl     sealed list of (call_index, cloudpickled (fn, args, kwargs))
+    tasks/<t>.pkl     sealed list of (call_index, cloudpickled fn, cloudpickled (args, kwargs));
+                      a worker that checkpoints rewrites it with the calls left to do
     results/<c>.pkl   sealed result record of call <c> (written to a temp name, then renamed)
     logs/<t>.out|err  stdout / stderr of task <t>
     exit/<t>          exit status of task <t>'s worker, written by the job script

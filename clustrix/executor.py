@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 
 from ._engine import Engine, Task
 from ._loop import LoopThread
-from ._serialize import dumps_call
+from ._serialize import Payload, dumps_arguments, dumps_call, dumps_function
 from .config import ClusterConfig, Resources
 from .errors import BrokenClusterExecutor, ConfigError
 from .filesystem import FileSystemMixin
@@ -149,7 +149,8 @@ class _Submitter:
         # zip stops at the shortest iterable, as the builtin map does
         calls = list(zip(*iterables))  # noqa: B905
         plan = self._executor._plan(fn, calls[:_PLAN_SAMPLE], {})
-        payloads = [dumps_call(fn, args, {}, call=i) for i, args in enumerate(calls)]
+        function = dumps_function(fn)  # once: every call shares these bytes
+        payloads = [(function, dumps_arguments(args, {}, call=i)) for i, args in enumerate(calls)]
         return self._executor._enqueue(fn, payloads, chunksize, self._resources, plan)
 
     def options(self, **resources: Any) -> ExecutorView:
@@ -295,7 +296,7 @@ class ClusterExecutor(_Submitter, FileSystemMixin, Executor):
     def _enqueue(
         self,
         fn: Callable[..., Any],
-        payloads: list[bytes],
+        payloads: list[Payload],
         chunksize: int | None,
         resources: Resources,
         plan: EnvironmentPlan | None = None,

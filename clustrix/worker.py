@@ -64,11 +64,20 @@ def _error_record(exc: BaseException, context: str = "") -> _wire.Record:
     }
 
 
-def run_call(payload: bytes, checkpointer: _Checkpointer | None = None) -> _wire.Record | None:
-    """Unpickle one call, run it, and return its result record (never raises). None: the
-    checkpoint signal came before the call started, so it did not start."""
+def run_call(
+    function: bytes, arguments: bytes, checkpointer: _Checkpointer | None = None
+) -> _wire.Record | None:
+    """Unpickle one call (its function, then its ``(args, kwargs)``), run it, and return its
+    result record (never raises). None: the checkpoint signal came before the call started,
+    so it did not start.
+
+    The function is unpickled anew for every call, even when the calls of a chunk share its
+    bytes: a callable object's state (a Checkpointable's progress) must not leak from one
+    call into the next.
+    """
     try:
-        fn, args, kwargs = pickle.loads(payload)
+        fn = pickle.loads(function)
+        args, kwargs = pickle.loads(arguments)
     except BaseException as exc:
         return _error_record(exc, "clustrix: the call could not be unpickled on the node")
     try:
@@ -129,15 +138,17 @@ class _Checkpointer:
         self.signalled = False
         #: (fn, args, kwargs) while the user's code runs
         self.current: tuple[object, tuple[object, ...], dict[str, object]] | None = None
-        #: (call_index, payload) of the running call and those after it
-        self.pending: list[tuple[int, bytes]] = []
+        #: (call_index, function, arguments) of the task's unfinished calls; the running
+        #: one (or the next) is at ``position``
+        self.pending: list[tuple[int, bytes, bytes]] = []
+        self.position = 0
 
     def install(self, signal_name: str) -> None:
         import signal
 
         signal.signal(getattr(signal, f"SIG{signal_name}"), self._on_signal)
 
-    def requeue(self, calls: list[tuple[int, bytes]]) -> int:
+    def requeue(self, calls: list[tuple[int, bytes, bytes]]) -> int:
         """Save ``calls`` as this task's work and return the exit status that asks for a
         requeue."""
         body = pickle.dumps(calls, protocol=pickle.HIGHEST_PROTOCOL)
@@ -157,7 +168,7 @@ class _Checkpointer:
         if self.signalled:
             return
         self.signalled = True
-        if self.current is None or not self.pending:
+        if self.current is None:
             return  # between calls: run_task requeues what is left
         fn, args, kwargs = self.current
         name = getattr(fn, "__qualname__", type(fn).__qualname__)
@@ -177,9 +188,12 @@ class _Checkpointer:
                 "clustrix.DelayedCall or None: the call goes on"
             )
             return
-        payload = _dumps((resumed.fn, resumed.args, resumed.kwargs))
-        call_index = self.pending[0][0]
-        os._exit(self.requeue([(call_index, payload), *self.pending[1:]]))
+        resumed_call = (
+            self.pending[self.position][0],
+            _dumps(resumed.fn),
+            _dumps((resumed.args, resumed.kwargs)),
+        )
+        os._exit(self.requeue([resumed_call, *self.pending[self.position + 1 :]]))
 
 
 def run_task(job_dir: str, task_index: int) -> int:
@@ -206,22 +220,21 @@ def run_task(job_dir: str, task_index: int) -> int:
     signal_name = os.environ.pop(_wire.CHECKPOINT_SIGNAL_ENV, "")
     if signal_name:
         checkpointer = _Checkpointer(task_path, secret)
+        checkpointer.pending = pending
         checkpointer.install(signal_name)
-    while pending:
+    for position, (call_index, function, arguments) in enumerate(pending):
         if checkpointer is not None:
+            checkpointer.position = position
             if checkpointer.signalled:
-                return checkpointer.requeue(pending)
-            checkpointer.pending = pending
-        call_index, payload = pending[0]
-        record = run_call(payload, checkpointer)
-        if record is None:
+                return checkpointer.requeue(pending[position:])
+        record = run_call(function, arguments, checkpointer)
+        if record is None:  # the signal came while the call was being unpickled
             assert checkpointer is not None
-            return checkpointer.requeue(pending)
+            return checkpointer.requeue(pending[position:])
         # Flush the user's prints before the result appears, so logs are complete by then.
         sys.stdout.flush()
         sys.stderr.flush()
         _wire.write_atomic(result_path(call_index), _wire.dump_record(secret, record))
-        pending = pending[1:]
     return 0
 
 

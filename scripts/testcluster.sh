@@ -15,6 +15,20 @@
 #                                   eval "$(scripts/testcluster.sh env)"
 #   scripts/testcluster.sh drop-ssh [down_s]   cut every SSH connection of the test user and
 #                                   keep sshd down for down_s seconds (fault-injection tests)
+#   scripts/testcluster.sh restart-slurmd [down_s [jobid...]]   stop slurmd, keep it down
+#                                   down_s seconds, start it again and wait until the node is
+#                                   idle/mixed/allocated (resumed if it came back down). Running
+#                                   jobs survive (their slurmstepd does not need slurmd), unless
+#                                   named: the slurmstepd and processes of each jobid (12345 or
+#                                   12345_7) are SIGKILLed while slurmd is down, as if the node
+#                                   had crashed under them. Jobs slurmctld tries to launch while
+#                                   slurmd is down are requeued (eligible again cred_expire later)
+#
+# With slurmdbd accounting, limits are enforced (AccountingStorageEnforce=associations,limits):
+# the test user (and SSH_KEY_OWNER) belong to account clustrix-test, and the test user also to
+# account clustrix-limit, which tests may limit (`sacctmgr -i modify user where
+# name=clustrix account=clustrix-limit set MaxSubmitJobs=2`) without slowing down anyone
+# submitting with the default account; `start` resets that association's limits to none.
 #
 # Env:
 #   CLUSTRIX_TEST_STATE=/tmp/clustrix-testcluster  keys/ (id_ed25519, known_hosts) and sshd/
@@ -25,7 +39,7 @@
 #   SLURM_ACCOUNTING=slurmdbd|none    default slurmdbd (MariaDB + slurmdbd, `sacct` works)
 #   SLURM_OVERSUBSCRIBE=N             jobs sharing each core, default 8 (OverSubscribe=FORCE:N);
 #                                     with 2 CPUs only 2 jobs run at once unless oversubscribed
-#   SLURM_SCHED_PARAMS=...            SchedulerParameters (default batch_sched_delay=0;
+#   SLURM_SCHED_PARAMS=...            SchedulerParameters (default batch_sched_delay=0,bf_interval=5;
 #                                     set to "" for Slurm's defaults)
 #   SLURM_SCHEDULER=sched/backfill    or sched/builtin
 #   SLURM_EXTRA_CONF='SlurmdTimeout=10'   extra slurm.conf lines
@@ -49,7 +63,7 @@ KNOWN_HOSTS=$KEYDIR/known_hosts
 
 ACCT=${SLURM_ACCOUNTING:-slurmdbd}
 OVERSUB=${SLURM_OVERSUBSCRIBE:-8}
-SCHED_PARAMS=${SLURM_SCHED_PARAMS-batch_sched_delay=0}
+SCHED_PARAMS=${SLURM_SCHED_PARAMS-batch_sched_delay=0,bf_interval=5}
 CLUSTER=${SLURM_CLUSTER:-testcluster}
 CONF=/etc/slurm/slurm.conf
 SPOOL=/var/spool/slurm            # ctld/ and d/ below
@@ -57,6 +71,10 @@ LOG=/var/log/slurm
 RUN=/run/slurm-test               # our slurm pid files
 MUNGE_PID=/run/munge/munged.pid
 DBPASS=slurmtestpw
+TEST_ACCOUNT=clustrix-test        # default account of the test users
+LIMIT_ACCOUNT=clustrix-limit      # second account of the test user, for limit tests
+# requeued jobs wait this long before they may start again (SLURM's default is 120 s)
+CRED_EXPIRE=10
 
 PACKAGES=(openssh-server openssh-client slurmctld slurmd slurm-client munge
           slurmdbd mariadb-server python3 python3-venv)
@@ -229,6 +247,9 @@ write_slurm_conf() {
     if [ "$ACCT" = slurmdbd ]; then
         acct_lines="AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
+# jobs need an association (start_slurmdbd creates them); per-association limits such as
+# MaxSubmitJobs are enforced (the submission-limit tests set them)
+AccountingStorageEnforce=associations,limits
 JobAcctGatherType=jobacct_gather/linux
 JobAcctGatherFrequency=30"
     else
@@ -248,6 +269,9 @@ ClusterName=$CLUSTER
 SlurmctldHost=$node(127.0.0.1)
 SlurmUser=slurm
 AuthType=auth/munge
+# cred_expire also sets how long a requeued job waits before it may start again: jobs that
+# slurmd lost (restart-slurmd) come back after ${CRED_EXPIRE} s instead of 120 s
+AuthInfo=cred_expire=$CRED_EXPIRE
 MpiDefault=none
 MailProg=/bin/true
 StateSaveLocation=$SPOOL/ctld
@@ -262,7 +286,9 @@ TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
 SchedulerType=${SLURM_SCHEDULER:-sched/backfill}
-# the scheduling loop ticks once a second with batch_sched_delay=0: sbatch -> COMPLETED ~1 s
+# the scheduling loop ticks once a second with batch_sched_delay=0: sbatch -> COMPLETED ~1 s.
+# A job that becomes eligible later (a requeued job, after cred_expire) starts at the next
+# event or backfill cycle: bf_interval=5 instead of 30 s.
 ${SCHED_PARAMS:+SchedulerParameters=$SCHED_PARAMS}
 # Finished jobs stay visible in squeue -t all / scontrol show job for MinJobAge seconds.
 # With MinJobAge=3600 and the default MaxJobCount=10000 a test run submitting thousands of
@@ -311,17 +337,47 @@ EOF
     chown slurm:slurm /etc/slurm/slurmdbd.conf; chmod 600 /etc/slurm/slurmdbd.conf   # slurmdbd insists
     /usr/sbin/slurmdbd
     for _ in $(seq 100); do sacctmgr -n list cluster >/dev/null 2>&1 && break; sleep 0.1; done
-    # register the cluster in the accounting DB (fails harmlessly on re-run); jobs of users
-    # without an association are still recorded and shown by sacct (no AccountingStorageEnforce)
+    # register the cluster in the accounting DB (fails harmlessly on re-run)
     sacctmgr -i add cluster "$CLUSTER" >/dev/null 2>&1 || true
+    setup_associations
     step "slurmdbd up"
 }
 
+# AccountingStorageEnforce=associations refuses jobs of users without an association: root
+# (slurm-local tests) has one in account root once the cluster exists; add the test user and
+# the local user who runs the tests. Each `add` fails harmlessly when it exists already.
+setup_associations() {
+    local owner=${SSH_KEY_OWNER:-${SUDO_USER:-}} users=("$TUSER") u
+    owner=${owner%%:*}
+    [ -n "$owner" ] && [ "$owner" != root ] && [ "$owner" != "$TUSER" ] && users+=("$owner")
+    sacctmgr -i add account "$TEST_ACCOUNT,$LIMIT_ACCOUNT" cluster="$CLUSTER" \
+        description=clustrix-tests organization=clustrix >/dev/null 2>&1 || true
+    for u in "${users[@]}"; do
+        sacctmgr -i add user "$u" account="$TEST_ACCOUNT" defaultaccount="$TEST_ACCOUNT" \
+            cluster="$CLUSTER" >/dev/null 2>&1 || true
+    done
+    sacctmgr -i add user "$TUSER" account="$LIMIT_ACCOUNT" cluster="$CLUSTER" >/dev/null 2>&1 || true
+    # a limit test that died before its cleanup must not slow down the next run
+    sacctmgr -i modify user where name="$TUSER" account="$LIMIT_ACCOUNT" cluster="$CLUSTER" \
+        set MaxSubmitJobs=-1 MaxJobs=-1 >/dev/null 2>&1 || true
+    for u in root "${users[@]}"; do
+        [ -n "$(sacctmgr -n -P list assoc cluster="$CLUSTER" user="$u" format=user)" ] ||
+            die "no SLURM association for user $u (AccountingStorageEnforce would refuse its jobs)"
+    done
+    step "associations: ${users[*]} in $TEST_ACCOUNT, $TUSER also in $LIMIT_ACCOUNT; root in root"
+}
+
 start_slurm_daemons() {
-    local node state='' i
+    local node
     node=$(node_name)
     if [ "${SLURM_KEEP_STATE:-0}" = 1 ]; then /usr/sbin/slurmctld; else /usr/sbin/slurmctld -c; fi
     /usr/sbin/slurmd -N "$node"
+    wait_node_up
+}
+
+wait_node_up() {  # until the node is idle/mixed/allocated (resume it if it stays down)
+    local node state='' i
+    node=$(node_name)
     for i in $(seq 150); do
         state=$(sinfo -h -N -n "$node" -o %T 2>/dev/null || true)
         case "$state" in
@@ -371,6 +427,41 @@ cmd_drop_ssh() {  # drop every SSH connection of the test user, keep sshd down f
     start_sshd
 }
 
+cmd_restart_slurmd() {  # restart-slurmd DOWN_S [JOBID...]
+    need_root restart-slurmd
+    local down=${1:-0} job raw stepd stepds=() pids=() kids=()
+    shift || true
+    for job in "$@"; do   # found first: a wrong job ID must not leave slurmd down
+        raw=$(squeue -h -j "$job" -o %A 2>/dev/null | head -1 || true)   # 12345_7 -> its own job ID
+        stepd=$(pgrep -f "^slurmstepd: \[${raw:-$job}\.batch\]" || true)
+        [ -n "$stepd" ] || die "no slurmstepd for job $job (not running here?)"
+        stepds+=("$stepd")
+    done
+    KILLED=()
+    kill_pidfile "$RUN/slurmd.pid" slurmd
+    [ ${#KILLED[@]} = 0 ] || wait_gone "${KILLED[@]}"
+    step "slurmd stopped"
+    for stepd in "${stepds[@]}"; do
+        kill -STOP "$stepd" 2>/dev/null || true   # stopped processes cannot fork
+        mapfile -t kids < <(descendants "$stepd")
+        [ ${#kids[@]} = 0 ] || kill -STOP "${kids[@]}" 2>/dev/null || true
+        mapfile -t kids < <(descendants "$stepd")   # again: what forked before its STOP
+        pids+=("$stepd" "${kids[@]}")
+    done
+    if [ ${#pids[@]} != 0 ]; then
+        kill -KILL "${pids[@]}" 2>/dev/null || true
+        step "SIGKILLed the slurmstepd and processes of job(s) $* (pids ${pids[*]})"
+    fi
+    sleep "$down"
+    /usr/sbin/slurmd -N "$(node_name)"
+    wait_node_up
+}
+
+descendants() {  # descendants PID: every process below PID
+    local p
+    for p in $(pgrep -P "$1"); do echo "$p"; descendants "$p"; done
+}
+
 cmd_status() {
     local node state acct
     if ! ssh_test_user true 2>/dev/null; then
@@ -401,7 +492,9 @@ main() {
         status) cmd_status ;;
         env) cmd_env ;;
         drop-ssh) cmd_drop_ssh "${2:-0}" ;;
-        *) echo "usage: $0 start|stop|status|env|drop-ssh [down_s]" >&2; exit 2 ;;
+        restart-slurmd) shift; cmd_restart_slurmd "$@" ;;
+        *) echo "usage: $0 start|stop|status|env|drop-ssh [down_s]|restart-slurmd [down_s [jobid...]]" >&2
+           exit 2 ;;
     esac
 }
 

@@ -208,6 +208,11 @@ class Scheduler(ABC):
         ``script_path`` in :meth:`find_submitted_argv`'s output, or None if it is not there."""
         return None
 
+    def is_job_count_limit(self, message: str) -> bool:
+        """True if a refused submission hit a limit on the number of jobs (which a big
+        array may exceed on its own, so it is sent in smaller pieces)."""
+        return False
+
     def status_ok_anyway(self, output: str) -> bool:
         """True if a non-zero exit of the status command still means a valid answer."""
         return False

@@ -168,6 +168,11 @@ class SlurmScheduler(Scheduler):
         controller. Bad requests (invalid partition, impossible resources) are final."""
         return any(pattern in message for pattern in _TRANSIENT_SUBMIT_ERRORS)
 
+    def is_job_count_limit(self, message: str) -> bool:
+        """``AssocMaxSubmitJobLimit``, ``QOSMaxSubmitJobPerUserLimit`` and the like: said
+        the same way whether the queue is full or the array alone is larger than the limit."""
+        return "MaxSubmitJob" in message
+
     def submit_argv(self, spec: JobSpec, script_path: str) -> list[str]:
         """``sbatch --parsable script``."""
         return ["sbatch", "--parsable", script_path]

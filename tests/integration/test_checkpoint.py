@@ -77,15 +77,15 @@ def test_requeue_runs_the_calls_not_started_and_never_reruns_finished_ones(
 
 
 def test_time_limit_signal_checkpoints_and_the_call_finishes(tmp_path: Path) -> None:
-    """The real thing: --time=1 --signal=B:USR2@50. The work needs ~25 s and SLURM signals
-    ~10 s into each run (or earlier: its timer has a 60 s resolution), so the call
+    """The real thing: --time=1 --signal=B:USR2@55. slurmctld looks at time limits about
+    every 30 s, so the signal comes 5 to ~35 s into each run; the work needs 40 s, so the call
     checkpoints at least once and finishes in a later run instead of timing out."""
     require_cluster(ssh=True, slurm=False)
-    config = backend_config("slurm-ssh", tmp_path, time_limit_min=1, checkpoint_before_s=50)
+    config = backend_config("slurm-ssh", tmp_path, time_limit_min=1, checkpoint_before_s=55)
     with ClusterExecutor(config) as executor:
-        future = executor.submit(jf.CountTo(), 100, 0.25)
+        future = executor.submit(jf.CountTo(), 160, 0.25)
         outcome = future.result(timeout=400)
-        assert outcome["done"] == 100
+        assert outcome["done"] == 160
         assert outcome["starts"] >= 2
         assert outcome["checkpoints"] == outcome["starts"] - 1
         assert "requeueing the job" in future.stderr()

@@ -20,7 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from clustrix import _wire, worker
-from clustrix._serialize import decode_result, dumps_call
+from clustrix._serialize import decode_result, dumps_arguments, dumps_call, dumps_function
 from clustrix.errors import RemoteError, RemoteTraceback, SerializationError
 
 SECRET = b"s" * 32
@@ -136,18 +136,20 @@ def raise_needy() -> None:
     raise NeedsTwoArgs("left", "right")
 
 
-def make_job_dir(tmp_path: Path, calls: list[tuple[int, bytes]], *, seal_with: bytes = SECRET):
+def make_job_dir(
+    tmp_path: Path, calls: list[tuple[int, tuple[bytes, bytes]]], *, seal_with: bytes = SECRET
+):
     job_dir = tmp_path / "job"
     for sub in (_wire.TASKS_DIR, _wire.RESULTS_DIR):
         (job_dir / sub).mkdir(parents=True)
     (job_dir / _wire.SECRET_FILE).write_bytes(SECRET)
-    task = _wire.seal(seal_with, pickle.dumps(calls))
+    task = _wire.seal(seal_with, pickle.dumps([(i, *payload) for i, payload in calls]))
     (job_dir / _wire.TASKS_DIR / f"0{_wire.SUFFIX}").write_bytes(task)
     return job_dir
 
 
-def call(fn: Any, *args: Any, **kwargs: Any) -> bytes:
-    return cloudpickle.dumps((fn, args, kwargs))
+def call(fn: Any, *args: Any, **kwargs: Any) -> tuple[bytes, bytes]:
+    return cloudpickle.dumps(fn), cloudpickle.dumps((args, kwargs))
 
 
 def read_result(job_dir: Path, index: int) -> dict[str, Any]:
@@ -166,7 +168,7 @@ def ran_job(tmp_path: Path) -> Path:
         (9, call(sys.exit, 4)),
         (10, call(sorted, [3, 1, 2], reverse=True)),
         (11, call(raise_needy)),
-        (12, b"not a pickle"),
+        (12, (b"not a pickle", b"nor this")),
     ]
     job_dir = make_job_dir(tmp_path, calls)
     assert worker.run_task(str(job_dir), 0) == 0
@@ -341,8 +343,16 @@ def test_decode_result_unloadable_exception_is_remote_error(exception: bytes | N
 
 # --------------------------------------------------------------------------- dumps_call
 def test_dumps_call_round_trip() -> None:
-    fn, args, kwargs = cloudpickle.loads(dumps_call(divmod, (7, 2), {}))
+    function, arguments = dumps_call(divmod, (7, 2), {})
+    fn = cloudpickle.loads(function)
+    args, kwargs = cloudpickle.loads(arguments)
     assert fn(*args, **kwargs) == (3, 1)
+
+
+def test_the_function_of_a_task_is_stored_once() -> None:
+    function = dumps_function(functools.partial(pow, 2))  # shared by every call of a map
+    calls = [(i, function, dumps_arguments((i,), {})) for i in range(100)]
+    assert len(pickle.dumps(calls)) < len(function) + 100 * (len(calls[0][2]) + 20)
 
 
 def test_dumps_call_names_the_keyword_argument() -> None:
