@@ -302,7 +302,7 @@ def parent(opts: argparse.Namespace) -> int:
                 "",
                 f"Machine (sshd, slurmctld, slurmd and the client all on it): {machine_facts()}",
                 "",
-                f"Code: {code}. Run: `{cmd}` ({rounds} round(s) of the four processes, "
+                f"Code: {code}. Run: `{cmd}` ({rounds} round(s) of the five processes, "
                 f"interleaved; medians). Cluster: single-node SLURM 22.05 on this machine over "
                 f"{login.user}@{login.host}:{login.port}. Before the run: {load_before}; "
                 f"after: {load_text()}.",
