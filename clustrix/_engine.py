@@ -15,12 +15,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import io
 import logging
 import os
 import pickle
 import posixpath
 import secrets
 import socket
+import tarfile
 import time
 import uuid
 from collections import Counter, deque
@@ -52,6 +54,7 @@ from .packaging import EnvironmentPlan
 from .registry import JobRegistry, SubmissionRecord
 from .schedulers.base import (
     ENDED_STATES,
+    QUEUED_STATES,
     RUNNING_STATES,
     JobSpec,
     Scheduler,
@@ -165,6 +168,30 @@ class _Batch:
         return min(n, self.throttle) if self.throttle else n
 
 
+_JOB_SUBDIRS = (_wire.TASKS_DIR, _wire.RESULTS_DIR, _wire.LOGS_DIR, _wire.EXIT_DIR)
+#: Exit status of _UNPACK_AND_SUBMIT when the job directory could not be written.
+_UNPACK_FAILED = 97
+#: ``sh -c`` script: $1 = job dir, then the submit command (run from the login directory,
+#: which becomes the job's working directory). Private modes (umask 077); ``tar -m``: the
+#: files get the cluster's time, not the client's.
+_UNPACK_AND_SUBMIT = (
+    "umask 077; d=$1; shift; mkdir -p -- "
+    + " ".join(f'"$d/{sub}"' for sub in _JOB_SUBDIRS)
+    + f' && tar -x -m -f - -C "$d" || exit {_UNPACK_FAILED}; exec "$@"'
+)
+
+
+def _tar(files: dict[str, bytes]) -> bytes:
+    """An uncompressed tar of ``files`` (relative path -> content), every file mode 0600."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o600
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
 class _TooManyTasks(Exception):
     """The scheduler refused a submission for a job count limit it may never fit under."""
 
@@ -272,13 +299,15 @@ class Engine:
         task.add_done_callback(self._background.discard)
         return task
 
-    async def _run(self, argv: Sequence[str], counts_as: str | None = None) -> CommandResult:
+    async def _run(
+        self, argv: Sequence[str], counts_as: str | None = None, stdin: bytes | None = None
+    ) -> CommandResult:
         """Run a command on the cluster, counting it (by program) in :attr:`stats`."""
         name = counts_as or posixpath.basename(argv[0])
         if name == "sh" and len(argv) > 3:
             name = f"sh:{argv[3]}"  # sh -c <script> <name> ...: the script's own label
         self.stats[f"commands.{name}"] += 1
-        return await self.transport.run(argv, timeout_s=self.config.command_timeout_s)
+        return await self.transport.run(argv, timeout_s=self.config.command_timeout_s, stdin=stdin)
 
     async def _run_scheduler_command(self, argv: Sequence[str]) -> tuple[int, str, str]:
         result = await self._run(argv)
@@ -500,11 +529,18 @@ class Engine:
                         )
                         return job_ids
                     outcome.may_exist = False
-                await self._upload(batch, spec)
+                files = self._job_files(batch, spec)
                 argv = self.scheduler.submit_argv(spec, script_path)
+                packed: bytes | None = None
+                if self.transport.round_trips_are_costly:
+                    packed = _tar(files)  # sent with the submit command: one round trip
+                else:
+                    await self._upload(batch.job_dir, files)
                 outcome.may_exist = True
                 try:
-                    result = await self._submit_with_retries(argv, tasks)
+                    result = await self._submit_with_retries(
+                        argv, tasks, job_dir=batch.job_dir, packed=packed
+                    )
                 except SubmissionError:
                     outcome.may_exist = False  # refused: there is no job
                     raise
@@ -555,15 +591,29 @@ class Engine:
             )
         return self.scheduler.parse_find_submitted(spec, result.stdout, script_path)
 
-    async def _submit_with_retries(self, argv: list[str], tasks: list[Task]) -> CommandResult:
+    async def _submit_with_retries(
+        self, argv: list[str], tasks: list[Task], *, job_dir: str, packed: bytes | None
+    ) -> CommandResult:
         """Run the submit command; wait and retry while the scheduler says "not now"
-        (submission rate limits, MaxSubmitJobs, a busy controller) rather than fail."""
+        (submission rate limits, MaxSubmitJobs, a busy controller) rather than fail.
+
+        With ``packed`` (a tar of the job directory's files), one shell command creates the
+        directory, unpacks it from stdin and then runs the submit command."""
         deadline = time.monotonic() + self.config.submit_retry_s
         delay_s = 1.0
+        command = argv
+        if packed is not None:
+            command = ["sh", "-c", _UNPACK_AND_SUBMIT, "clustrix-submit", job_dir, *argv]
         while True:
-            result = await self._run(argv)
+            result = await self._run(command, counts_as=posixpath.basename(argv[0]), stdin=packed)
             if result.ok:
                 return result
+            if packed is not None and result.returncode == _UNPACK_FAILED:
+                raise TransportError(
+                    f"cannot write the job directory {job_dir} on {self.transport.location}: "
+                    f"{result.stderr.strip()[-500:]}; check remote_work_dir (space, "
+                    "permissions)"
+                )
             message = result.stderr.strip() or result.stdout.strip()
             if len(tasks) > 1 and self.scheduler.is_job_count_limit(message):
                 # Maybe the whole array can never fit under the limit: send it in pieces.
@@ -658,28 +708,30 @@ class Engine:
         self._wake_monitor.set()
         return futures
 
-    async def _upload(self, batch: _Batch, spec: JobSpec) -> None:
-        t = self.transport
-        await t.makedirs(batch.job_dir)
-        subdirs = (_wire.TASKS_DIR, _wire.RESULTS_DIR, _wire.LOGS_DIR, _wire.EXIT_DIR)
-        await asyncio.gather(*(t.makedirs(spec.path(d)) for d in subdirs))
+    def _job_files(self, batch: _Batch, spec: JobSpec) -> dict[str, bytes]:
+        """The files of a job directory, by path relative to it."""
         files: dict[str, bytes] = {
-            spec.path(_wire.SECRET_FILE): batch.secret,
-            spec.path(_wire.SCRIPT_FILE): self.scheduler.render_script(spec).encode(),
+            _wire.SECRET_FILE: batch.secret,
+            _wire.SCRIPT_FILE: self.scheduler.render_script(spec).encode(),
         }
         for task in batch.tasks:
             calls = [(c.index, *c.payload) for c in task.open_calls() if c.payload is not None]
             body = pickle.dumps(calls, protocol=pickle.HIGHEST_PROTOCOL)
-            files[spec.path(_wire.TASKS_DIR, f"{task.index}{_wire.SUFFIX}")] = _wire.seal(
-                batch.secret, body
-            )
+            files[f"{_wire.TASKS_DIR}/{task.index}{_wire.SUFFIX}"] = _wire.seal(batch.secret, body)
+        return files
+
+    async def _upload(self, job_dir: str, files: dict[str, bytes]) -> None:
+        """Create the job directory and write ``files`` into it, one operation each."""
+        t = self.transport
+        await t.makedirs(job_dir)
+        await asyncio.gather(*(t.makedirs(f"{job_dir}/{d}") for d in _JOB_SUBDIRS))
         limit = asyncio.Semaphore(IO_CONCURRENCY)
 
-        async def put(path: str, data: bytes) -> None:
+        async def put(name: str, data: bytes) -> None:
             async with limit:
-                await t.write_bytes(path, data, mode=0o600)
+                await t.write_bytes(f"{job_dir}/{name}", data, mode=0o600)
 
-        await asyncio.gather(*(put(p, d) for p, d in files.items()))
+        await asyncio.gather(*(put(name, data) for name, data in files.items()))
 
     # ------------------------------------------------------------------ monitor
     async def _monitor(self) -> None:
@@ -787,6 +839,9 @@ class Engine:
                     assert call.future is not None
                     call.future._mark_running()
             gone = status_ok and (status is None or status.state in ENDED_STATES)
+            if status is not None and status.state in QUEUED_STATES:
+                # requeued (preempted, node failure): an exit status is from the run before
+                exit_code, task.grace_used = None, False
             if exit_code is None and not gone:
                 continue
             if not task.open_calls():

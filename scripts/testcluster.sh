@@ -39,7 +39,8 @@
 #   SLURM_ACCOUNTING=slurmdbd|none    default slurmdbd (MariaDB + slurmdbd, `sacct` works)
 #   SLURM_OVERSUBSCRIBE=N             jobs sharing each core, default 8 (OverSubscribe=FORCE:N);
 #                                     with 2 CPUs only 2 jobs run at once unless oversubscribed
-#   SLURM_SCHED_PARAMS=...            SchedulerParameters (default batch_sched_delay=0,bf_interval=5;
+#   SLURM_SCHED_PARAMS=...            SchedulerParameters (default batch_sched_delay=0,
+#                                     bf_interval=5,sched_interval=5;
 #                                     set to "" for Slurm's defaults)
 #   SLURM_SCHEDULER=sched/backfill    or sched/builtin
 #   SLURM_EXTRA_CONF='SlurmdTimeout=10'   extra slurm.conf lines
@@ -63,7 +64,7 @@ KNOWN_HOSTS=$KEYDIR/known_hosts
 
 ACCT=${SLURM_ACCOUNTING:-slurmdbd}
 OVERSUB=${SLURM_OVERSUBSCRIBE:-8}
-SCHED_PARAMS=${SLURM_SCHED_PARAMS-batch_sched_delay=0,bf_interval=5}
+SCHED_PARAMS=${SLURM_SCHED_PARAMS-batch_sched_delay=0,bf_interval=5,sched_interval=5}
 CLUSTER=${SLURM_CLUSTER:-testcluster}
 CONF=/etc/slurm/slurm.conf
 SPOOL=/var/spool/slurm            # ctld/ and d/ below
@@ -288,7 +289,8 @@ SelectTypeParameters=CR_Core
 SchedulerType=${SLURM_SCHEDULER:-sched/backfill}
 # the scheduling loop ticks once a second with batch_sched_delay=0: sbatch -> COMPLETED ~1 s.
 # A job that becomes eligible later (a requeued job, after cred_expire) starts at the next
-# event or backfill cycle: bf_interval=5 instead of 30 s.
+# main or backfill scheduling pass: sched_interval=5 and bf_interval=5 instead of 60 s and
+# 30 s (measured: requeue to RUNNING 12 s instead of 38 s).
 ${SCHED_PARAMS:+SchedulerParameters=$SCHED_PARAMS}
 # Finished jobs stay visible in squeue -t all / scontrol show job for MinJobAge seconds.
 # With MinJobAge=3600 and the default MaxJobCount=10000 a test run submitting thousands of

@@ -17,6 +17,7 @@ from ..config import Resources
 
 __all__ = [
     "ENDED_STATES",
+    "QUEUED_STATES",
     "RUNNING_STATES",
     "JobSpec",
     "Scheduler",
@@ -27,6 +28,9 @@ __all__ = [
 
 #: States in which a job is running (the engine marks its futures RUNNING).
 RUNNING_STATES = frozenset({"RUNNING", "COMPLETING", "CONFIGURING", "STAGE_OUT", "SIGNALING"})
+#: States of a job waiting to (re)start: a requeued job's earlier run may have left an exit
+#: status that no longer counts.
+QUEUED_STATES = frozenset({"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED"})
 #: States after which a job will not produce anything more.
 ENDED_STATES = frozenset(
     {
@@ -112,6 +116,8 @@ def render_body(spec: JobSpec, task_index: str, *, requeue_command: str | None =
     lines += [
         f"_clx_job_dir={q(spec.job_dir)}",
         f"_clx_exit_dir={q(spec.path(_wire.EXIT_DIR))}",
+        "# a run before a requeue (preemption, node failure) may have left its exit status",
+        'if [ -e "$_clx_exit_dir/$_clx_task" ]; then rm -f "$_clx_exit_dir/$_clx_task"; fi',
     ]
     worker_env = ""
     if checkpoint:

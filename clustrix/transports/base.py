@@ -174,6 +174,9 @@ class Transport(ABC):
 
     #: Human-readable name of where commands run, e.g. ``"local"`` or ``"user@host:22"``.
     location: str = "local"
+    #: True where every operation is a network round trip: then one command carrying its
+    #: files on stdin beats several file operations (the engine submits that way).
+    round_trips_are_costly: bool = False
 
     @abstractmethod
     async def connect(self) -> None:

@@ -45,6 +45,8 @@ T = TypeVar("T")
 class SSHTransport(Transport):
     """One asyncssh connection to ``host``; safe to use from many coroutines of one loop."""
 
+    round_trips_are_costly = True
+
     #: Commands at once, each a channel: OpenSSH's default MaxSessions is 10 and SFTP holds one.
     max_channels = 8
     #: SFTP operations at once, so that a gather of thousands stays under the server's open

@@ -99,3 +99,28 @@ def test_checkpointing_needs_a_scheduler_that_requeues(tmp_path: Path) -> None:
         assert executor.submit(jf.square, 3).result(timeout=60) == 9  # nothing half-done
     finally:
         executor.shutdown()
+
+
+def test_job_requeued_by_slurm_mid_chunk_returns_every_result_once(tmp_path: Path) -> None:
+    """What preemption with PreemptMode=REQUEUE (or a node failure) does: SLURM stops the
+    running job (TERM, the worker dies, the script records 143) and queues it again under the
+    same ID. That exit status is not the end: the job runs again, skips the calls it had
+    finished, and every future gets its result. No checkpointing involved."""
+    require_cluster(ssh=True, slurm=False)
+    log_path = f"/tmp/clustrix-requeue-{os.getpid()}-{time.monotonic_ns()}.log"
+    with ClusterExecutor(backend_config("slurm-ssh", tmp_path)) as executor:
+        values = list(range(4))
+        futures = executor.submit_map(
+            jf.note_then_sleep, values, [log_path] * 4, [1.0] * 4, chunksize=4
+        )
+        wait_running(futures[0])
+        job_id = futures[0].job_id
+        assert job_id is not None
+        time.sleep(1.5)  # in the second call
+        ssh_run(f"scontrol requeue {job_id}")
+        assert [f.result(timeout=240) for f in futures] == [10 * v for v in values]
+        assert restarts_of(job_id) == 1
+        runs = [int(x) for x in ssh_run(f"cat {log_path}; rm -f {log_path}").split()]
+        assert sorted(set(runs)) == values
+        assert len(runs) <= len(values) + 1  # only the interrupted call ran twice
+        assert runs.count(0) == 1  # the call finished before the requeue was not redone

@@ -4,6 +4,8 @@ set -u
 _clx_task="$1"
 _clx_job_dir=/home/u/.clustrix/jobs/5e1d0c
 _clx_exit_dir=/home/u/.clustrix/jobs/5e1d0c/exit
+# a run before a requeue (preemption, node failure) may have left its exit status
+if [ -e "$_clx_exit_dir/$_clx_task" ]; then rm -f "$_clx_exit_dir/$_clx_task"; fi
 # PYTHONSAFEPATH: a 'clustrix' directory in the job's cwd must not shadow the runtime
 PYTHONSAFEPATH=1 PYTHONPATH=/home/u/.clustrix/runtime/clustrix-worker.zip"${PYTHONPATH:+:$PYTHONPATH}" \
   /usr/bin/python3 -m clustrix.worker run "$_clx_job_dir" "$_clx_task" &

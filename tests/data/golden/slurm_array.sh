@@ -21,6 +21,8 @@ export OMP_NUM_THREADS=4
 export WEIRD='a b'"'"'c"$d`e`;f'
 _clx_job_dir='/scratch/my jobs/run 1/0f3c9a'
 _clx_exit_dir='/scratch/my jobs/run 1/0f3c9a/exit'
+# a run before a requeue (preemption, node failure) may have left its exit status
+if [ -e "$_clx_exit_dir/$_clx_task" ]; then rm -f "$_clx_exit_dir/$_clx_task"; fi
 # PYTHONSAFEPATH: a 'clustrix' directory in the job's cwd must not shadow the runtime
 PYTHONSAFEPATH=1 PYTHONPATH='/scratch/my jobs/runtime/clustrix-worker.zip'"${PYTHONPATH:+:$PYTHONPATH}" \
   '/opt/python 3.11/bin/python3' -m clustrix.worker run "$_clx_job_dir" "$_clx_task" &

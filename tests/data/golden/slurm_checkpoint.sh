@@ -11,6 +11,8 @@ set -u
 _clx_task="${SLURM_ARRAY_TASK_ID:-0}"
 _clx_job_dir=/home/u/.clustrix/jobs/5e1d0c
 _clx_exit_dir=/home/u/.clustrix/jobs/5e1d0c/exit
+# a run before a requeue (preemption, node failure) may have left its exit status
+if [ -e "$_clx_exit_dir/$_clx_task" ]; then rm -f "$_clx_exit_dir/$_clx_task"; fi
 # USR2 ignored until the worker's handler is in place (ignoring survives exec)
 trap '' USR2
 # PYTHONSAFEPATH: a 'clustrix' directory in the job's cwd must not shadow the runtime
