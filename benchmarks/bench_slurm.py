@@ -264,7 +264,8 @@ class EngineProbe:
             try:
                 return await run(argv, *args, **kwargs)
             finally:
-                if argv and argv[0] == "sbatch":
+                # over SSH sbatch runs inside one "unpack and submit" sh -c command
+                if argv and "sbatch" in (argv[0], kwargs.get("counts_as")):
                     probe.sbatches.append((t, time.time()))
 
         engine._poll_once, engine._run = poll_once, run_command
