@@ -60,7 +60,7 @@ from _common import (
 )
 from bench_slurm import Login, Raw
 
-from clustrix import ClusterConfig, ClusterExecutor
+from clustrix import ClusterExecutor
 
 N_BIG = 10_000
 N_SMALL = 1_000
@@ -126,19 +126,6 @@ def vm_rss_kb() -> int:
     return 0
 
 
-def cluster_config(login: Login, work_dir: str) -> ClusterConfig:
-    """The test cluster as bench_slurm.py configures it (defaults otherwise)."""
-    return ClusterConfig(
-        cluster_type="slurm",
-        cluster_host=login.host,
-        cluster_port=login.port,
-        username=login.user,
-        key_file=login.key_file,
-        known_hosts=login.known_hosts,
-        remote_work_dir=work_dir,
-    )
-
-
 def count_jobs(ex: ClusterExecutor) -> list[int] | None:
     """A one-item counter of the jobs (array tasks) ``ex`` queues from now on, by wrapping
     its engine's ``enqueue`` on this instance (private: None if it moved)."""
@@ -159,7 +146,7 @@ def count_jobs(ex: ClusterExecutor) -> list[int] | None:
 def child(case: Case, work_dir: str) -> dict[str, Any]:
     """Run one case in this (fresh) process and return its measurements."""
     rss_imported = vm_rss_kb()
-    ex = ClusterExecutor(cluster_config(Login.from_env(), work_dir))
+    ex = ClusterExecutor(Login.from_env().config(work_dir))
     try:
         jobs = count_jobs(ex)
         engine: Any = getattr(ex, "_engine", None)
@@ -261,7 +248,7 @@ def parent(opts: argparse.Namespace) -> int:
         # any child runs (the children share the work dir), so no child pays for them
         for attempt in range(1, CHILD_ATTEMPTS + 1):
             try:
-                with ClusterExecutor(cluster_config(login, work_dir)) as warm:
+                with ClusterExecutor(login.config(work_dir)) as warm:
                     assert warm.submit(square, 3).result() == 9
                 break
             except Exception as exc:  # the shared cluster restarted: try again

@@ -78,16 +78,7 @@ def main() -> None:
     make_local_package()
 
     def config(**overrides: Any) -> ClusterConfig:
-        return ClusterConfig(
-            cluster_type="slurm",
-            cluster_host=login.host,
-            cluster_port=login.port,
-            username=login.user,
-            key_file=login.key_file,
-            known_hosts=login.known_hosts,
-            remote_work_dir=work_dir,
-            **overrides,
-        )
+        return login.config(work_dir, **overrides)
 
     with ClusterExecutor(config(packaging=False)) as plain:
         submit_to_result(plain, noop)  # warm: runtime upload, first poll

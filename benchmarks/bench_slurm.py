@@ -94,6 +94,19 @@ class Login:
             ),
         )
 
+    def config(self, work_dir: str, **overrides: Any) -> ClusterConfig:
+        """A SLURM-over-SSH config for this login (clustrix's defaults otherwise)."""
+        return ClusterConfig(
+            cluster_type="slurm",
+            cluster_host=self.host,
+            cluster_port=self.port,
+            username=self.user,
+            key_file=self.key_file,
+            known_hosts=self.known_hosts,
+            remote_work_dir=work_dir,
+            **overrides,
+        )
+
 
 class Raw:
     """Raw commands over ONE asyncssh connection, on a private event loop (blocking API)."""
@@ -372,15 +385,7 @@ def main() -> int:
     notes: list[str] = []
     rows: list[Row] = []
     diag: list[str] = []
-    config = ClusterConfig(
-        cluster_type="slurm",
-        cluster_host=login.host,
-        cluster_port=login.port,
-        username=login.user,
-        key_file=login.key_file,
-        known_hosts=login.known_hosts,
-        remote_work_dir=f"~/{name}/clustrix",
-    )
+    config = login.config(f"~/{name}/clustrix")
     raw: Raw | None = None
     ex: ClusterExecutor | None = None
     try:
