@@ -88,7 +88,8 @@ class Resources(_Model):
         ge=1,
         le=65535,
         description="Signal the job this many seconds before its time limit (SLURM "
-        "--signal, give time_limit_min too; SLURM may signal up to 60 s early): a call "
+        "--signal, give time_limit_min too; slurmctld checks about every 30 s, so the signal "
+        "comes up to ~30 s off): a call "
         "whose function has a checkpoint() method (clustrix.Checkpointable) checkpoints, and "
         "the job is requeued to resume it; calls not yet started are requeued as they are.",
     )
