@@ -159,6 +159,8 @@ class _Batch:
     paths: dict[str, _Call] = field(default_factory=dict)  # result path -> call
     submitted_at: float = field(default_factory=time.monotonic)
     abandoned: bool = False  # given up on (connection lost): its jobs may still run
+    #: The submit command ran (or may have) without a definite answer: the job may exist.
+    may_exist: bool = False
 
     def unfinished(self) -> int:
         return sum(not t.finalized for t in self.tasks)
@@ -194,12 +196,6 @@ def _tar(files: dict[str, bytes]) -> bytes:
 
 class _TooManyTasks(Exception):
     """The scheduler refused a submission for a job count limit it may never fit under."""
-
-
-@dataclass
-class _SubmitOutcome:
-    #: The submit command ran (or may have): the job may exist even if we saw no job ID.
-    may_exist: bool = False
 
 
 def _describe_request(resources: Resources) -> str:
@@ -465,9 +461,8 @@ class Engine:
                     batch.paths[self._result_path(batch, call)] = call
                     call.future._job_dir, call.future._task_index = job_dir, task_index
         self._batches.append(batch)
-        outcome = _SubmitOutcome()
         try:
-            job_ids = await self._submit_until_accepted(batch, throttle, outcome)
+            job_ids = await self._submit_until_accepted(batch, throttle)
         except _TooManyTasks:
             self._split(batch)
             return
@@ -479,7 +474,7 @@ class Engine:
                 for call in task.open_calls():
                     self._resolve(call, None, error)
             self._batches.remove(batch)
-            if not outcome.may_exist:  # else the job may run: keep what it needs
+            if not batch.may_exist:  # else the job may run: keep what it needs
                 self._spawn(self._remove_quietly([job_dir]))
             self._wake_submitter.set()
             return
@@ -500,9 +495,7 @@ class Engine:
             await self._flush_cancels()
         self._wake_monitor.set()
 
-    async def _submit_until_accepted(
-        self, batch: _Batch, throttle: int | None, outcome: _SubmitOutcome
-    ) -> list[str]:
+    async def _submit_until_accepted(self, batch: _Batch, throttle: int | None) -> list[str]:
         """Upload the job directory and submit it; return the job IDs.
 
         A lost connection (or a submit command that timed out) is retried, reconnecting
@@ -518,7 +511,7 @@ class Engine:
                 python, code_path = await self.environment.prepare(tasks[0].plan)
                 spec = self._spec(batch.job_dir, tasks, throttle, python, code_path)
                 script_path = spec.path(_wire.SCRIPT_FILE)
-                if outcome.may_exist:
+                if batch.may_exist:
                     job_ids = await self._find_submitted(spec, script_path)
                     if job_ids is not None:
                         log.warning(
@@ -528,7 +521,7 @@ class Engine:
                             job_ids[0],
                         )
                         return job_ids
-                    outcome.may_exist = False
+                    batch.may_exist = False
                 files = self._job_files(batch, spec)
                 argv = self.scheduler.submit_argv(spec, script_path)
                 packed: bytes | None = None
@@ -536,20 +529,20 @@ class Engine:
                     packed = _tar(files)  # sent with the submit command: one round trip
                 else:
                     await self._upload(batch.job_dir, files)
-                outcome.may_exist = True
+                batch.may_exist = True
                 try:
                     result = await self._submit_with_retries(
                         argv, tasks, job_dir=batch.job_dir, packed=packed
                     )
                 except SubmissionError:
-                    outcome.may_exist = False  # refused: there is no job
+                    batch.may_exist = False  # refused: there is no job
                     raise
                 try:
                     return self.scheduler.parse_submit(spec, result.stdout)
                 except ValueError as exc:
                     raise SchedulerError(f"cannot read job IDs from {argv[0]}: {exc}") from exc
             except (ConnectionLostError, CommandTimeoutError) as exc:
-                if isinstance(exc, CommandTimeoutError) and not outcome.may_exist:
+                if isinstance(exc, CommandTimeoutError) and not batch.may_exist:
                     raise  # a slow upload or environment build: not worth repeating
                 now = time.monotonic()
                 if lost_since is None:
@@ -559,7 +552,7 @@ class Engine:
                     maybe = (
                         f"; the job may have been submitted: look for {batch.job_dir}/"
                         f"{_wire.SCRIPT_FILE} in the queue"
-                        if outcome.may_exist
+                        if batch.may_exist
                         else ""
                     )
                     raise type(exc)(
