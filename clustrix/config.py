@@ -29,13 +29,14 @@ from pydantic import (
     model_validator,
 )
 
+from .backends import available_backends, check_cluster_type
 from .errors import ConfigError
 
 __all__ = ["CLUSTER_TYPES", "ClusterConfig", "Resources"]
 
 #: Backends available in this release. Others named in the design are refused with a clear error.
-CLUSTER_TYPES = ("local", "slurm")
-_PLANNED_CLUSTER_TYPES = ("pbs", "sge", "lsf", "kubernetes", "ssh")
+#: The ``cluster_type`` names this installation accepts (built in and from entry points).
+CLUSTER_TYPES = available_backends()
 
 ENV_PREFIX = "CLUSTRIX_"
 #: CLUSTRIX_* variables that are not config fields.
@@ -217,17 +218,7 @@ class ClusterConfig(Resources):
     @field_validator("cluster_type")
     @classmethod
     def _known_cluster_type(cls, value: str) -> str:
-        value = value.strip().lower()
-        if value in CLUSTER_TYPES:
-            return value
-        if value in _PLANNED_CLUSTER_TYPES:
-            raise ValueError(
-                f"cluster_type {value!r} is planned but not available in this release; "
-                f"use one of {', '.join(CLUSTER_TYPES)}"
-            )
-        close = difflib.get_close_matches(value, CLUSTER_TYPES + _PLANNED_CLUSTER_TYPES, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"unknown cluster_type {value!r}{hint}; use one of {CLUSTER_TYPES}")
+        return check_cluster_type(value)  # the registry's message lists the choices
 
     @field_validator("cluster_host")
     @classmethod

@@ -38,6 +38,7 @@ from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 from ._engine import Engine, Task
+from ._factory import make_scheduler, make_transport
 from ._loop import LoopThread
 from ._serialize import Payload, dumps_arguments, dumps_call, dumps_function
 from .config import ClusterConfig, Resources
@@ -46,8 +47,6 @@ from .filesystem import FileSystemMixin
 from .future import ClusterFuture
 from .packaging import EnvironmentPlan, Packager
 from .registry import JobRegistry, default_state_dir
-from .schedulers.base import Scheduler
-from .transports.base import Transport
 
 __all__ = ["ClusterExecutor", "ExecutorView"]
 
@@ -59,40 +58,6 @@ _live_executors: set[ClusterExecutor] = set()
 #: map() plans the environment from the function and this many first calls' arguments.
 _PLAN_SAMPLE = 100
 _executor_ids = itertools.count(1)
-
-
-def make_scheduler(config: ClusterConfig) -> Scheduler:
-    """The scheduler backend named by ``config.cluster_type``."""
-    if config.cluster_type == "local":
-        from .schedulers.local import LocalScheduler
-
-        return LocalScheduler()
-    if config.cluster_type == "slurm":
-        from .schedulers.slurm import SlurmScheduler
-
-        return SlurmScheduler(use_sacct=config.slurm_use_sacct)
-    raise ConfigError(f"cluster_type {config.cluster_type!r} has no backend")  # pragma: no cover
-
-
-def make_transport(config: ClusterConfig) -> Transport:
-    """SSH when ``cluster_host`` is set, local subprocesses otherwise."""
-    if config.cluster_host is None:
-        from .transports.local import LocalTransport
-
-        return LocalTransport()
-    from .transports.ssh import SSHTransport
-
-    return SSHTransport(
-        host=config.cluster_host,
-        port=config.cluster_port,
-        username=config.username,
-        key_file=config.key_file,
-        password=config.password.get_secret_value() if config.password else None,
-        known_hosts=config.known_hosts,
-        strict_host_key_checking=config.strict_host_key_checking,
-        connect_timeout_s=config.connect_timeout_s,
-        command_timeout_s=config.command_timeout_s,
-    )
 
 
 def job_name_for(fn: Callable[..., Any], resources: Resources) -> str:

@@ -995,7 +995,7 @@ class ClusterFileSystem(_FileSystemMethods):
     """
 
     def __init__(self, config: ClusterConfig | None = None, **overrides: Any) -> None:
-        from .executor import make_transport  # the executor module imports this one
+        from ._factory import make_transport
 
         if config is None:
             config = ClusterConfig.load(**overrides)

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from .. import _wire
-from ..config import Resources
+from ..config import ClusterConfig, Resources
 
 __all__ = [
     "ENDED_STATES",
@@ -169,6 +169,11 @@ class Scheduler(ABC):
     max_array_size: int = 1_000_000
     #: True if a job can be signalled before its time limit and requeued (checkpointing).
     supports_requeue: bool = False
+
+    @classmethod
+    def from_config(cls, config: ClusterConfig) -> Scheduler:
+        """The backend as ``config`` sets it up (the registry builds it this way)."""
+        return cls()
 
     async def discover(self, run: RunCommand) -> None:
         """Read facts about the cluster once (array size limit, accounting). Default: none."""

@@ -12,7 +12,7 @@ import shlex
 from collections.abc import Sequence
 
 from .. import _wire
-from ..config import Resources
+from ..config import ClusterConfig, Resources
 from .base import JobSpec, RunCommand, Scheduler, TaskStatus, render_body
 
 __all__ = ["SlurmScheduler", "parse_exit_code", "parse_key_values"]
@@ -75,6 +75,11 @@ class SlurmScheduler(Scheduler):
         self.max_array_size = 1001  # SLURM's default MaxArraySize until discover() reads it
         self._partition_slots: dict[str, int] = {}
         self._default_partition: str | None = None
+
+    @classmethod
+    def from_config(cls, config: ClusterConfig) -> SlurmScheduler:
+        """``slurm_use_sacct`` decides how final states are read."""
+        return cls(use_sacct=config.slurm_use_sacct)
 
     # ------------------------------------------------------------------ discovery
     async def discover(self, run: RunCommand) -> None:

@@ -1,0 +1,54 @@
+"""What a config builds: its scheduler backend (through the registry) and its transport.
+
+The executor and the filesystem façade both build from here, so neither imports the other.
+"""
+
+from __future__ import annotations
+
+from .backends import check_cluster_type, registered_backends
+from .config import ClusterConfig
+from .errors import ConfigError
+from .schedulers.base import Scheduler
+from .transports.base import Transport
+
+__all__ = ["make_scheduler", "make_transport"]
+
+
+def make_scheduler(config: ClusterConfig) -> Scheduler:
+    """The scheduler backend named by ``config.cluster_type``."""
+    backend = registered_backends()[check_cluster_type(config.cluster_type)]
+    try:
+        cls = backend.load()
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(
+            f"cluster_type {backend.name!r}: cannot load {backend.target} ({exc}); "
+            f"reinstall {backend.origin} or choose another cluster_type"
+        ) from exc
+    if not (isinstance(cls, type) and issubclass(cls, Scheduler)):
+        raise ConfigError(
+            f"cluster_type {backend.name!r}: {backend.target} is not a "
+            "clustrix.schedulers.base.Scheduler subclass; fix the entry point of "
+            f"{backend.origin}"
+        )
+    return cls.from_config(config)
+
+
+def make_transport(config: ClusterConfig) -> Transport:
+    """SSH when ``cluster_host`` is set, local subprocesses otherwise (any backend)."""
+    if config.cluster_host is None:
+        from .transports.local import LocalTransport
+
+        return LocalTransport()
+    from .transports.ssh import SSHTransport
+
+    return SSHTransport(
+        host=config.cluster_host,
+        port=config.cluster_port,
+        username=config.username,
+        key_file=config.key_file,
+        password=config.password.get_secret_value() if config.password else None,
+        known_hosts=config.known_hosts,
+        strict_host_key_checking=config.strict_host_key_checking,
+        connect_timeout_s=config.connect_timeout_s,
+        command_timeout_s=config.command_timeout_s,
+    )
