@@ -81,13 +81,13 @@ BUILTIN_BACKENDS: tuple[Backend, ...] = (
     ),
     Backend(
         "slurm",
-        "SLURM: sbatch job arrays, squeue/sacct; over SSH or on a login node",
+        "SLURM, over SSH or on a login node",
         "clustrix.schedulers.slurm:SlurmScheduler",
     ),
-    Backend("sge", "(Son of) Grid Engine: qsub task arrays, qstat/qacct", None),
+    Backend("sge", "(Son of) Grid Engine", None),
     Backend("ssh", "a plain host reached by SSH, no scheduler", None),
-    Backend("pbs", "PBS Pro / Torque: qsub job arrays, qstat", None),
-    Backend("lsf", "IBM Spectrum LSF: bsub job arrays, bjobs", None),
+    Backend("pbs", "PBS Pro / Torque", None),
+    Backend("lsf", "IBM Spectrum LSF", None),
     Backend("kubernetes", "Kubernetes Jobs", None),
 )
 
