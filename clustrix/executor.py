@@ -47,6 +47,8 @@ from .filesystem import FileSystemMixin
 from .future import ClusterFuture
 from .packaging import EnvironmentPlan, Packager
 from .registry import JobRegistry, default_state_dir
+from .schedulers.base import Scheduler
+from .transports.base import Transport
 
 __all__ = ["ClusterExecutor", "ExecutorView"]
 
@@ -158,9 +160,20 @@ class ClusterExecutor(_Submitter, FileSystemMixin, Executor):
 
     Done-callbacks of its futures run on the executor's event-loop thread: keep them short
     and never block in them on another future of the same executor.
+
+    ``scheduler`` and ``transport`` replace what the config would build (as httpx's
+    ``Client(transport=...)``): for tests with the fakes of ``tests/fakes.py``, or to embed
+    an already configured backend.
     """
 
-    def __init__(self, config: ClusterConfig | None = None, **overrides: Any) -> None:
+    def __init__(
+        self,
+        config: ClusterConfig | None = None,
+        *,
+        scheduler: Scheduler | None = None,
+        transport: Transport | None = None,
+        **overrides: Any,
+    ) -> None:
         if config is None:
             config = ClusterConfig.load(**overrides)
         elif not isinstance(config, ClusterConfig):
@@ -191,8 +204,8 @@ class ClusterExecutor(_Submitter, FileSystemMixin, Executor):
         self._loop = LoopThread(f"clustrix-executor-{next(_executor_ids)}")
         self._engine = Engine(
             config,
-            make_scheduler(config),
-            make_transport(config),
+            scheduler if scheduler is not None else make_scheduler(config),
+            transport if transport is not None else make_transport(config),
             self._loop,
             max_workers=max_workers,
             python=python,
