@@ -47,13 +47,13 @@ from dataclasses import dataclass
 from pathlib import PurePath
 from typing import IO, TYPE_CHECKING, Any, Literal, TypeVar, overload
 
-from ._loop import LoopThread
-from .config import ClusterConfig
-from .errors import TransportError
-from .transports.base import DirEntry, FileHandle, FileStat, OnError, Transport, gather_all
+from .._loop import LoopThread
+from ..config import ClusterConfig
+from ..errors import TransportError
+from ..transports.base import DirEntry, FileHandle, FileStat, OnError, Transport, gather_all
 
 if TYPE_CHECKING:
-    from ._engine import Engine
+    from .._engine import Engine
 
 __all__ = [
     "AsyncFileSystem",
@@ -995,7 +995,7 @@ class ClusterFileSystem(_FileSystemMethods):
     """
 
     def __init__(self, config: ClusterConfig | None = None, **overrides: Any) -> None:
-        from ._factory import make_transport
+        from .._factory import make_transport
 
         if config is None:
             config = ClusterConfig.load(**overrides)
