@@ -1,9 +1,15 @@
 """SSH transport: commands and files on a cluster's login node over one asyncssh connection.
 
 Commands are channels of that one connection, files go through one SFTP client on it; both
-are opened lazily and reopened on the next call after the connection drops. asyncssh's
-exceptions are translated here, once, into builtin ``OSError`` subclasses and
-:class:`clustrix.errors.TransportError`. Knows nothing of schedulers or jobs.
+are opened lazily and reopened on the next call after the connection drops. The pieces:
+
+- :mod:`._ssh_session`: the connection, dialling, and the one translation of asyncssh's
+  exceptions into builtin ``OSError`` subclasses and :class:`clustrix.errors.TransportError`;
+- :mod:`._sftp`: every file operation SFTP answers (this transport delegates to it);
+- :mod:`._find`: the ``find -printf`` formats and parsers of the one-command tree scan;
+- here: :class:`SSHTransport`, commands, and the choice between ``find`` and SFTP.
+
+Knows nothing of schedulers or jobs.
 """
 
 from __future__ import annotations
@@ -11,35 +17,42 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import getpass
 import logging
 import os
-import posixpath
-import secrets
 import shlex
 import signal
-import socket
-import stat as stat_module
-from collections.abc import Awaitable, Callable, Iterator, Sequence
-from typing import Any, Literal, TypeVar, cast
+from collections.abc import Sequence
+from typing import Literal, cast
 
 import asyncssh
 
-from ..errors import CommandTimeoutError, ConnectionLostError, TransportError
-from .base import (
-    CommandResult,
-    DirEntry,
-    FileHandle,
-    FileStat,
-    OnError,
-    Transport,
-    TreeUsage,
+from ..errors import TransportError
+from ._find import (
+    DENIED,
+    FIND_DETAIL,
+    FIND_SIZES,
+    FIND_TYPES,
+    TREE_ERRORS,
+    encodable,
+    parse_find_entries,
+    parse_find_usage,
+    split_find_output,
 )
+from ._sftp import SFTPFiles
+from ._ssh_session import SSHSession
+from .base import CommandResult, DirEntry, FileHandle, FileStat, OnError, Transport, TreeUsage
 
-__all__ = ["SSHTransport"]
+__all__ = [
+    "FIND_DETAIL",
+    "FIND_SIZES",
+    "FIND_TYPES",
+    "SSHTransport",
+    "parse_find_entries",
+    "parse_find_usage",
+    "split_find_output",
+]
 
 logger = logging.getLogger("clustrix.ssh")
-T = TypeVar("T")
 
 
 class SSHTransport(Transport):
@@ -74,179 +87,46 @@ class SSHTransport(Transport):
         command_timeout_s: float = 120.0,
         keepalive_interval_s: float = 30.0,
     ) -> None:
-        self._host, self._port, self._username, self._password = host, port, username, password
-        self._key_file = os.path.expanduser(os.fspath(key_file)) if key_file else None
-        self._known_hosts = os.path.expanduser(os.fspath(known_hosts)) if known_hosts else None
-        self._strict = strict_host_key_checking
-        self._connect_timeout_s = connect_timeout_s
-        self._command_timeout_s = command_timeout_s
-        self._keepalive_interval_s = keepalive_interval_s
-        # port None: ~/.ssh/config's Port for this host, else 22
-        self._where = f"{host}:{port}" if port is not None else host
-        self.location = f"{username or getpass.getuser()}@{self._where}"
-        self._lock = asyncio.Lock()  # one (re)connection at a time, however many callers
-        self._conn: asyncssh.SSHClientConnection | None = None
-        self._sftp: asyncssh.SFTPClient | None = None
-        self._home: str | None = None
+        self._session = SSHSession(
+            host=host,
+            port=port,
+            username=username,
+            key_file=key_file,
+            password=password,
+            known_hosts=known_hosts,
+            strict_host_key_checking=strict_host_key_checking,
+            connect_timeout_s=connect_timeout_s,
+            command_timeout_s=command_timeout_s,
+            keepalive_interval_s=keepalive_interval_s,
+        )
+        self._files = SFTPFiles(
+            self._session,
+            max_ops=self.max_sftp_ops,
+            max_transfers=self.max_transfers,
+            chunk_bytes=self.transfer_chunk_bytes,
+        )
         self._channels = asyncio.Semaphore(self.max_channels)
-        self._sftp_ops = asyncio.Semaphore(self.max_sftp_ops)
-        self._transfers = asyncio.Semaphore(self.max_transfers)
 
-    # -- connection ------------------------------------------------------------------------
+    @property
+    def location(self) -> str:
+        """``user@host:port``: the user the server logged us in as, once connected."""
+        return self._session.location
+
+    @location.setter
+    def location(self, value: str) -> None:
+        self._session.location = value
 
     async def connect(self) -> None:
         """Open the connection unless one is alive; reconnects after a drop."""
-        async with self._lock:
-            await self._connection()
+        await self._session.connection()
 
     async def close(self) -> None:
         """Close SFTP and the connection; idempotent, and the next call reconnects."""
-        async with self._lock:
-            conn, sftp = self._conn, self._sftp
-            self._conn, self._sftp, self._home = None, None, None
-        with contextlib.suppress(asyncssh.Error, OSError):
-            if sftp is not None:
-                sftp.exit()
-                await sftp.wait_closed()
-            if conn is not None:
-                conn.close()
-                await conn.wait_closed()
+        await self._session.close()
 
-    async def _connection(self) -> asyncssh.SSHClientConnection:
-        """The live connection, dialled if needed. Caller holds ``self._lock``."""
-        if self._conn is None or self._conn.is_closed():
-            self._drop(self._conn)
-            self._conn = await self._dial()
-            self.location = f"{self._conn.get_extra_info('username')}@{self._where}"
-        return self._conn
-
-    async def _sftp_client(self) -> tuple[asyncssh.SSHClientConnection, asyncssh.SFTPClient]:
-        async with self._lock:
-            conn = await self._connection()
-            if self._sftp is None:
-                with self._translated(conn, "starting SFTP"):
-                    # surrogateescape: a name that is not UTF-8 comes back as os.fsdecode
-                    # would give it, and goes out as the same bytes, instead of failing.
-                    self._sftp = await asyncio.wait_for(
-                        conn.start_sftp_client(path_errors="surrogateescape"),
-                        self._command_timeout_s,
-                    )
-            return conn, self._sftp
-
-    def _drop(self, conn: asyncssh.SSHClientConnection | None) -> None:
-        """Forget ``conn`` if it is still the current one, so that the next call reconnects."""
-        if conn is not None and conn is self._conn:
-            conn.abort()
-            self._conn, self._sftp, self._home = None, None, None
-
-    async def _dial(self) -> asyncssh.SSHClientConnection:
-        # Not passing `config` makes asyncssh read ~/.ssh/config; no client_keys means the
-        # agent and the default keys (~/.ssh/id_*); no known_hosts means ~/.ssh/known_hosts.
-        options: dict[str, Any] = {
-            "connect_timeout": self._connect_timeout_s,
-            "keepalive_interval": self._keepalive_interval_s,
-        }
-        for name, file in (("key_file", self._key_file), ("known_hosts", self._known_hosts)):
-            if file is not None and not os.path.isfile(file):
-                raise TransportError(
-                    f"{name} {file} for {self._where} does not exist: fix the path"
-                )
-        if self._port is not None:
-            options["port"] = self._port
-        if self._key_file is not None:
-            if os.path.isdir(self._key_file):
-                raise TransportError(
-                    f"key_file {self._key_file} is a directory: give the private key file"
-                )
-            try:
-                options["client_keys"] = [asyncssh.read_private_key(self._key_file)]
-            except (asyncssh.KeyImportError, OSError, ValueError) as exc:
-                raise TransportError(
-                    f"key_file {self._key_file} is not a usable private key ({exc}): give "
-                    "an unencrypted OpenSSH/PEM private key, or load it into an SSH agent"
-                ) from exc
-        if self._username is not None:  # None (asyncssh's default is ()) would break it
-            options["username"] = self._username
-        if self._password is not None:
-            options["password"] = self._password
-        if not self._strict:
-            logger.warning(
-                "host keys of %s are not verified: strict_host_key_checking=False", self._where
-            )
-            options["known_hosts"] = None
-        elif self._known_hosts is not None:
-            options["known_hosts"] = self._known_hosts
-        try:
-            return await asyncssh.connect(self._host, **options)
-        except asyncssh.HostKeyNotVerifiable as exc:
-            known = self._known_hosts or "~/.ssh/known_hosts"
-            raise TransportError(
-                f"host key of {self._where} does not match known_hosts {known} ({exc.reason}): "
-                "check the host or update known_hosts"
-            ) from exc
-        except asyncssh.PermissionDenied as exc:
-            raise TransportError(
-                f"authentication as {self.location} refused ({exc.reason}): "
-                "check username, key_file, password or the SSH agent"
-            ) from exc
-        except asyncio.TimeoutError as exc:  # before OSError: it is one on Python >= 3.11
-            raise ConnectionLostError(
-                f"connection to {self._where} timed out after {self._connect_timeout_s} s: "
-                "check the host, port and network (VPN, firewall)"
-            ) from exc
-        except socket.gaierror as exc:
-            raise TransportError(
-                f"cannot resolve host {self._host!r} ({exc.strerror}): check the host name"
-            ) from exc
-        except ConnectionRefusedError as exc:
-            raise ConnectionLostError(
-                f"connection to {self._where} refused: check the port and that sshd runs there"
-            ) from exc
-        except OSError as exc:
-            raise ConnectionLostError(
-                f"cannot reach {self._where} ({exc.strerror or exc}): check the host and network"
-            ) from exc
-        except asyncssh.ConnectionLost as exc:  # dropped during the handshake
-            raise ConnectionLostError(f"cannot connect to {self.location}: {exc}") from exc
-        except (asyncssh.Error, ValueError) as exc:  # unreadable keys, bad config, ...
-            raise TransportError(f"cannot connect to {self.location}: {exc}") from exc
-
-    @contextlib.contextmanager
-    def _translated(
-        self,
-        conn: asyncssh.SSHClientConnection,
-        what: str,
-        path: str | None = None,
-        *,
-        timeout_s: float | None = None,
-    ) -> Iterator[None]:
-        """Turn asyncssh's exceptions from one operation into ours (see the base module)."""
-        try:
-            yield
-        except asyncssh.SFTPNoSuchFile as exc:
-            raise FileNotFoundError(errno.ENOENT, f"{exc.reason} on {self.location}", path) from exc
-        except asyncssh.SFTPPermissionDenied as exc:
-            raise PermissionError(errno.EACCES, f"{exc.reason} on {self.location}", path) from exc
-        except (
-            asyncssh.DisconnectError,
-            asyncssh.SFTPConnectionLost,
-            asyncssh.SFTPNoConnection,
-            ConnectionError,
-        ) as exc:
-            self._drop(conn)
-            raise ConnectionLostError(f"connection to {self.location} lost: {what}: {exc}") from exc
-        except asyncio.TimeoutError:
-            timeout_s = self._command_timeout_s if timeout_s is None else timeout_s
-            raise CommandTimeoutError(
-                f"{what} on {self.location} did not finish within {timeout_s} s"
-            ) from None
-        except (asyncssh.Error, OSError) as exc:
-            if conn.is_closed():  # e.g. ChannelOpenError("SSH connection closed")
-                self._drop(conn)
-                raise ConnectionLostError(
-                    f"connection to {self.location} lost: {what}: {exc}"
-                ) from exc
-            raise TransportError(f"{what} on {self.location} failed: {exc}") from exc
+    async def home(self) -> str:
+        """The login directory, as the SFTP server resolves ``.``; cached per connection."""
+        return await self._session.home()
 
     # -- commands --------------------------------------------------------------------------
 
@@ -260,9 +140,8 @@ class SSHTransport(Transport):
     ) -> CommandResult:
         """Run ``argv`` as one ``shlex.join``-quoted command line in a channel of its own."""
         args = list(argv)
-        timeout = self._command_timeout_s if timeout_s is None else timeout_s
-        async with self._lock:
-            conn = await self._connection()
+        timeout = self._session.command_timeout_s if timeout_s is None else timeout_s
+        conn = await self._session.connection()
 
         async def start_and_wait() -> asyncssh.SSHCompletedProcess:
             # DEVNULL sends EOF at once, so a command reading stdin cannot wait for us forever.
@@ -279,7 +158,7 @@ class SSHTransport(Transport):
                 proc.close()
                 raise
 
-        with self._translated(conn, f"command {args[0]!r}", timeout_s=timeout):
+        with self._session.translated(conn, f"command {args[0]!r}", timeout_s=timeout):
             async with self._channels:
                 done = await asyncio.wait_for(start_and_wait(), timeout)
             if done.exit_status is None and done.exit_signal is None and conn.is_closed():
@@ -292,93 +171,6 @@ class SSHTransport(Transport):
             cast(bytes, done.stdout).decode(errors=errors),
             cast(bytes, done.stderr).decode(errors="replace"),
         )
-
-    # -- files -----------------------------------------------------------------------------
-
-    async def _sftp_op(
-        self, what: str, path: str, op: Callable[[asyncssh.SFTPClient, str], Awaitable[T]]
-    ) -> T:
-        """``op(sftp, absolute path)`` within the command timeout, its errors translated."""
-        path = await self.expand(path)
-        conn, sftp = await self._sftp_client()
-        with self._translated(conn, f"{what} {path}", path):
-            async with self._sftp_ops:
-                return await asyncio.wait_for(op(sftp, path), self._command_timeout_s)
-
-    async def _sftp_op_on(
-        self, conn: asyncssh.SSHClientConnection, what: str, path: str, op: Awaitable[T]
-    ) -> T:
-        """Like :meth:`_sftp_op`, for an operation on an open file of connection ``conn``."""
-        with self._translated(conn, f"{what} {path}", path):
-            async with self._sftp_ops:
-                return await asyncio.wait_for(op, self._command_timeout_s)
-
-    async def home(self) -> str:
-        """The login directory, as the SFTP server resolves ``.``; cached per connection."""
-        if self._home is None:
-            conn, sftp = await self._sftp_client()
-            with self._translated(conn, "realpath ."):
-                self._home = await asyncio.wait_for(sftp.realpath("."), self._command_timeout_s)
-        return self._home
-
-    async def read_bytes(self, path: str) -> bytes:
-        """The whole content of a file."""
-
-        async def op(sftp: asyncssh.SFTPClient, path: str) -> bytes:
-            async with sftp.open(path, "rb") as fh:
-                return cast(bytes, await fh.read())
-
-        return await self._sftp_op("read", path, op)
-
-    async def read_tail(self, path: str, max_bytes: int) -> bytes:
-        """The last ``max_bytes`` bytes of a file."""
-
-        async def op(sftp: asyncssh.SFTPClient, path: str) -> bytes:
-            async with sftp.open(path, "rb") as fh:
-                size = (await fh.stat()).size or 0
-                return cast(bytes, await fh.read(-1, max(0, size - max_bytes)))
-
-        return await self._sftp_op("read tail of", path, op)
-
-    async def write_bytes(self, path: str, data: bytes, *, mode: int = 0o600) -> None:
-        """Write to a temp name beside ``path`` created with ``mode``, then rename over it."""
-
-        async def op(sftp: asyncssh.SFTPClient, path: str) -> None:
-            directory, name = posixpath.split(path)
-            tmp = posixpath.join(directory, f".{name}.{secrets.token_hex(8)}.tmp")
-            try:
-                async with sftp.open(tmp, "wb", asyncssh.SFTPAttrs(permissions=mode)) as fh:
-                    await fh.write(data)
-                try:
-                    await sftp.posix_rename(tmp, path)
-                except asyncssh.SFTPOpUnsupported:  # no OpenSSH extension: not atomic
-                    with contextlib.suppress(asyncssh.SFTPNoSuchFile):
-                        await sftp.remove(path)
-                    await sftp.rename(tmp, path)
-            except BaseException:
-                with contextlib.suppress(asyncssh.Error):
-                    await sftp.remove(tmp)
-                raise
-
-        await self._sftp_op("write", path, op)
-
-    async def makedirs(self, path: str, *, mode: int = 0o700, exist_ok: bool = True) -> None:
-        """Create a directory and its missing parents, each with ``mode`` (less the umask)."""
-        # SFTPv3 (OpenSSH) reports "exists" as a generic failure: ask first.
-        if not exist_ok and await self.exists(path):
-            raise FileExistsError(errno.EEXIST, "File exists", await self.expand(path))
-        attrs = asyncssh.SFTPAttrs(permissions=mode)
-        await self._sftp_op(
-            "makedirs", path, lambda sftp, path: sftp.makedirs(path, attrs, exist_ok=True)
-        )
-
-    async def exists(self, path: str) -> bool:
-        """True if ``path`` exists (following symlinks); other errors propagate."""
-        try:
-            await self._sftp_op("stat", path, lambda sftp, path: sftp.stat(path))
-        except FileNotFoundError:
-            return False
-        return True
 
     async def remove_tree(self, path: str) -> None:
         """Delete a directory tree; a missing one is not an error."""
@@ -394,27 +186,7 @@ class SSHTransport(Transport):
                 raise PermissionError(errno.EACCES, message, path)
             raise TransportError(message)
 
-    # -- filesystem core -------------------------------------------------------------------
-
-    async def stat(self, path: str) -> FileStat:
-        """SFTP ``stat`` (follows symlinks; a dangling one or a loop is "not found")."""
-        attrs = await self._sftp_op("stat", path, lambda sftp, path: sftp.stat(path))
-        return _file_stat(attrs)
-
-    async def lstat(self, path: str) -> FileStat:
-        """SFTP ``lstat``."""
-        attrs = await self._sftp_op("lstat", path, lambda sftp, path: sftp.lstat(path))
-        return _file_stat(attrs)
-
-    async def scandir(self, path: str) -> list[DirEntry]:
-        """SFTP ``readdir``: about 100 entries per round trip with OpenSSH, attributes included
-        (as ``lstat`` gives them)."""
-        names = await self._sftp_op("readdir", path, lambda sftp, path: sftp.readdir(path))
-        return [
-            DirEntry(cast(str, n.filename), _file_stat(n.attrs))
-            for n in names
-            if n.filename not in (".", "..")
-        ]
+    # -- trees: one find command where it can, SFTP otherwise --------------------------------
 
     async def scan_tree(
         self, path: str, *, on_error: OnError = "raise", detail: bool = True
@@ -442,7 +214,7 @@ class SSHTransport(Transport):
         None when SFTP should answer instead (no usable find, or an error it explains
         better). The root's own record, which find prints first, is checked and dropped."""
         program = self.find_program
-        if program is None or not _encodable(root):
+        if program is None or not encodable(root):
             return None
         argv = ["env", "LC_ALL=C", program, "-H", root, "-printf", fmt]
         result = await self.run(argv, errors="surrogateescape")
@@ -485,195 +257,55 @@ class SSHTransport(Transport):
                 return records[1:]
         return None  # entries vanished during the scan: SFTP tells exactly
 
+    # -- files: SFTP (see _sftp.py), paths made absolute here ---------------------------------
+
+    async def read_bytes(self, path: str) -> bytes:
+        return await self._files.read_bytes(await self.expand(path))
+
+    async def read_tail(self, path: str, max_bytes: int) -> bytes:
+        return await self._files.read_tail(await self.expand(path), max_bytes)
+
+    async def write_bytes(self, path: str, data: bytes, *, mode: int = 0o600) -> None:
+        await self._files.write_bytes(await self.expand(path), data, mode=mode)
+
+    async def makedirs(self, path: str, *, mode: int = 0o700, exist_ok: bool = True) -> None:
+        await self._files.makedirs(await self.expand(path), mode=mode, exist_ok=exist_ok)
+
+    async def exists(self, path: str) -> bool:
+        return await self._files.exists(await self.expand(path))
+
+    async def stat(self, path: str) -> FileStat:
+        return await self._files.stat(await self.expand(path))
+
+    async def lstat(self, path: str) -> FileStat:
+        return await self._files.lstat(await self.expand(path))
+
+    async def scandir(self, path: str) -> list[DirEntry]:
+        return await self._files.scandir(await self.expand(path))
+
     async def readlink(self, path: str) -> str:
-        """SFTP ``readlink``."""
-        return await self._sftp_op("readlink", path, lambda sftp, path: sftp.readlink(path))
+        return await self._files.readlink(await self.expand(path))
 
     async def symlink(self, target: str, path: str) -> None:
-        """SFTP ``symlink`` (asyncssh swaps the arguments for OpenSSH's reversed order)."""
-        await self._sftp_op("symlink", path, lambda sftp, path: sftp.symlink(target, path))
+        await self._files.symlink(target, await self.expand(path))
 
     async def mkdir(self, path: str, *, mode: int = 0o777) -> None:
-        """SFTP ``mkdir`` (OpenSSH reports an existing path as a generic failure)."""
-        attrs = asyncssh.SFTPAttrs(permissions=mode)
-        await self._sftp_op("mkdir", path, lambda sftp, path: sftp.mkdir(path, attrs))
+        await self._files.mkdir(await self.expand(path), mode=mode)
 
     async def remove(self, path: str) -> None:
-        """SFTP ``remove``."""
-        await self._sftp_op("remove", path, lambda sftp, path: sftp.remove(path))
+        await self._files.remove(await self.expand(path))
 
     async def rmdir(self, path: str) -> None:
-        """SFTP ``rmdir``."""
-        await self._sftp_op("rmdir", path, lambda sftp, path: sftp.rmdir(path))
+        await self._files.rmdir(await self.expand(path))
 
     async def open(self, path: str, mode: Literal["rb", "wb", "ab", "xb"]) -> FileHandle:
-        """SFTP ``open``; reads and writes of more than one packet go out in parallel."""
-        path = await self.expand(path)
-        conn, sftp = await self._sftp_client()
-        fh = await self._sftp_op_on(conn, "open", path, sftp.open(path, mode))
-        return _SFTPFile(self, conn, fh, path)
+        return await self._files.open(await self.expand(path), mode)
 
     async def put(self, local_path: str, path: str) -> None:
-        """Stream ``local_path`` up in chunks of parallel SFTP writes; then its mode."""
-        mode = stat_module.S_IMODE(os.stat(local_path).st_mode)
-        async with self._transfers:
-            with open(local_path, "rb") as source:
-                handle = cast(_SFTPFile, await self.open(path, "wb"))
-                try:
-                    offset = 0
-                    while chunk := await asyncio.to_thread(source.read, self.transfer_chunk_bytes):
-                        await handle.write(chunk, offset)
-                        offset += len(chunk)
-                    await handle.chmod(mode)
-                finally:
-                    await handle.close()
+        await self._files.put(local_path, await self.expand(path))
 
     async def get(self, path: str, local_path: str) -> None:
-        """Stream ``path`` down in chunks of parallel SFTP reads; then its mode."""
-        async with self._transfers:
-            handle = await self.open(path, "rb")
-            try:
-                mode = (await handle.stat()).permissions
-                with open(local_path, "wb") as target:
-                    offset, size = 0, self.transfer_chunk_bytes
-                    while True:
-                        chunk = await handle.read(size, offset)
-                        await asyncio.to_thread(target.write, chunk)
-                        offset += len(chunk)
-                        if len(chunk) < size:  # a short read of a regular file: its end
-                            break
-            finally:
-                await handle.close()
-        os.chmod(local_path, mode)
-
-
-class _SFTPFile(FileHandle):
-    """An open SFTP file of one connection; every operation within the command timeout."""
-
-    def __init__(
-        self,
-        transport: SSHTransport,
-        conn: asyncssh.SSHClientConnection,
-        fh: asyncssh.SFTPClientFile,
-        path: str,
-    ) -> None:
-        self._transport, self._conn, self._path = transport, conn, path
-        self._fh: asyncssh.SFTPClientFile | None = fh
-
-    def _open_fh(self) -> asyncssh.SFTPClientFile:
-        if self._fh is None:
-            raise ValueError("I/O operation on closed file")
-        return self._fh
-
-    async def read(self, size: int, offset: int) -> bytes:
-        op = self._open_fh().read(size, offset)
-        return cast(bytes, await self._transport._sftp_op_on(self._conn, "read", self._path, op))
-
-    async def write(self, data: bytes, offset: int) -> None:
-        op = self._open_fh().write(data, offset)
-        await self._transport._sftp_op_on(self._conn, "write", self._path, op)
-
-    async def stat(self) -> FileStat:
-        op = self._open_fh().stat()
-        return _file_stat(await self._transport._sftp_op_on(self._conn, "fstat", self._path, op))
-
-    async def chmod(self, mode: int) -> None:
-        op = self._open_fh().chmod(mode)
-        await self._transport._sftp_op_on(self._conn, "fchmod", self._path, op)
-
-    async def close(self) -> None:
-        fh, self._fh = self._fh, None
-        if fh is not None and not self._conn.is_closed():
-            await self._transport._sftp_op_on(self._conn, "close", self._path, fh.close())
-
-
-# find -printf formats: NUL-terminated records that start with the entry's type letter.
-# %P is the path relative to the starting point (empty for the starting point, printed
-# first); it comes last, so that spaces in names need no escaping.
-#: Type, size, mtime, permission bits (octal), path: needs a stat of every entry.
-FIND_DETAIL = "%y %s %T@ %m %P\\0"
-#: Type and path: find takes types from the directory listing, no stat per entry.
-FIND_TYPES = "%y %P\\0"
-#: Type and size, no names: all du needs.
-FIND_SIZES = "%y %s\\0"
-DENIED = ": Permission denied"
-#: What find (LC_ALL=C) says about the tree itself; anything else means find is not usable.
-TREE_ERRORS = (DENIED, ": No such file or directory", ": Too many levels of symbolic links")
-_FIND_TYPES = {
-    "f": stat_module.S_IFREG,
-    "d": stat_module.S_IFDIR,
-    "l": stat_module.S_IFLNK,
-    "p": stat_module.S_IFIFO,
-    "s": stat_module.S_IFSOCK,
-    "b": stat_module.S_IFBLK,
-    "c": stat_module.S_IFCHR,
-}
-#: The FileStat of a type-only record, one per type letter (shared: they are immutable).
-_TYPE_ONLY = {kind: FileStat(mode, 0, 0.0) for kind, mode in _FIND_TYPES.items()}
-_SFTP_TYPES = {
-    asyncssh.FILEXFER_TYPE_REGULAR: stat_module.S_IFREG,
-    asyncssh.FILEXFER_TYPE_DIRECTORY: stat_module.S_IFDIR,
-    asyncssh.FILEXFER_TYPE_SYMLINK: stat_module.S_IFLNK,
-    asyncssh.FILEXFER_TYPE_SOCKET: stat_module.S_IFSOCK,
-    asyncssh.FILEXFER_TYPE_CHAR_DEVICE: stat_module.S_IFCHR,
-    asyncssh.FILEXFER_TYPE_BLOCK_DEVICE: stat_module.S_IFBLK,
-    asyncssh.FILEXFER_TYPE_FIFO: stat_module.S_IFIFO,
-}
-
-
-def split_find_output(output: str) -> list[str]:
-    """The NUL-terminated records of ``find -printf`` output, each ``<type letter> …``.
-
-    Raises ValueError if the output is not that (a find that ignored the format).
-    """
-    records = output.split("\0")
-    if records.pop() != "":
-        raise ValueError(f"output does not end with a NUL: {output[-80:]!r}")
-    for record in records:
-        if len(record) < 2 or record[1] != " ":
-            raise ValueError(f"not a record of the format: {record[:80]!r}")
-    return records
-
-
-def parse_find_entries(records: list[str], *, detail: bool) -> list[DirEntry]:
-    """Entries from records of :data:`FIND_DETAIL` (``detail``) or :data:`FIND_TYPES`."""
-    if not detail:
-        other = FileStat(0, 0, 0.0)
-        return [DirEntry(r[2:], _TYPE_ONLY.get(r[0], other)) for r in records]
-    entries = []
-    for record in records:
-        kind, size, mtime, perms, rel = record.split(" ", 4)
-        mode = _FIND_TYPES.get(kind, 0) | int(perms, 8)
-        entries.append(DirEntry(rel, FileStat(mode, int(size), float(mtime))))
-    return entries
-
-
-def parse_find_usage(records: list[str]) -> TreeUsage:
-    """Totals from records of :data:`FIND_SIZES`."""
-    total = dirs = 0
-    for record in records:
-        if record[0] == "d":
-            dirs += 1
-        else:
-            total += int(record[2:])
-    return TreeUsage(total, len(records) - dirs, dirs)
-
-
-def _file_stat(attrs: asyncssh.SFTPAttrs) -> FileStat:
-    mode = attrs.permissions or 0
-    if not stat_module.S_IFMT(mode):  # servers that send only permission bits
-        mode |= _SFTP_TYPES.get(attrs.type, 0)
-    mtime = attrs.mtime_ns / 1e9 if attrs.mtime_ns is not None else float(attrs.mtime or 0)
-    return FileStat(mode, attrs.size or 0, mtime)
-
-
-def _encodable(path: str) -> bool:
-    """True if ``path`` can go into a command line (asyncssh sends commands as UTF-8)."""
-    try:
-        path.encode()
-    except UnicodeEncodeError:  # a surrogate-escaped, non-UTF-8 name: SFTP handles those
-        return False
-    return True
+        await self._files.get(await self.expand(path), local_path)
 
 
 def _returncode(exit_status: int | None, exit_signal: tuple[str, bool, str, str] | None) -> int:
