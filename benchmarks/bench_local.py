@@ -147,13 +147,14 @@ def local_timeline(cx: ClusterExecutor, work: Workload, n: int, chunksize: int) 
     taken from their files. Reads private attributes: if they changed, says so and skips."""
     try:
         engine: Any = cx._engine
+        submitter, core, monitor = engine._submitter, engine._core, engine._monitor
         batches: dict[str, tuple[float, float]] = {}
         resolved: dict[tuple[str, int], float] = {}
         polls: list[float] = []
         orig_submit, orig_resolve, orig_poll = (
-            engine._submit_batch,
-            engine._resolve,
-            engine._poll_once,
+            submitter.submit_batch,
+            core.resolve,
+            monitor.poll_once,
         )
 
         async def submit_batch(tasks: list[Any], throttle: int | None) -> None:
@@ -173,7 +174,7 @@ def local_timeline(cx: ClusterExecutor, work: Workload, n: int, chunksize: int) 
             polls.append(time.perf_counter() - t)
             return changed
 
-        engine._submit_batch, engine._resolve, engine._poll_once = (
+        submitter.submit_batch, core.resolve, monitor.poll_once = (
             submit_batch,
             resolve,
             poll_once,
@@ -184,7 +185,7 @@ def local_timeline(cx: ClusterExecutor, work: Workload, n: int, chunksize: int) 
             self_cpu = cpu_s(resource.RUSAGE_SELF) - self_cpu
             child_cpu = cpu_s(resource.RUSAGE_CHILDREN) - child_cpu
         finally:
-            del engine._submit_batch, engine._resolve, engine._poll_once
+            del submitter.submit_batch, core.resolve, monitor.poll_once
         stages: dict[str, list[float]] = {"refill": [], "submit": [], "run": [], "detect": []}
         done_times = sorted(resolved.values())
         first_starts = sorted(start for start, _ in batches.values())[: cx.max_workers or 1]

@@ -259,8 +259,9 @@ class EngineProbe:
     @classmethod
     def attach(cls, ex: ClusterExecutor) -> EngineProbe | None:
         engine: Any = getattr(ex, "_engine", None)
-        poll: Callable[[], Coroutine[Any, Any, bool]] | None = getattr(engine, "_poll_once", None)
-        run: Callable[..., Coroutine[Any, Any, Any]] | None = getattr(engine, "_run", None)
+        monitor, core = getattr(engine, "_monitor", None), getattr(engine, "_core", None)
+        poll: Callable[[], Coroutine[Any, Any, bool]] | None = getattr(monitor, "poll_once", None)
+        run: Callable[..., Coroutine[Any, Any, Any]] | None = getattr(core, "run", None)
         if poll is None or run is None:
             return None
         probe = cls([], [])
@@ -281,7 +282,7 @@ class EngineProbe:
                 if argv and "sbatch" in (argv[0], kwargs.get("counts_as")):
                     probe.sbatches.append((t, time.time()))
 
-        engine._poll_once, engine._run = poll_once, run_command
+        monitor.poll_once, core.run = poll_once, run_command
         return probe
 
     def polls_between(self, start: float, end: float) -> list[float]:

@@ -293,6 +293,14 @@ class ClusterExecutor(_Submitter, FileSystemMixin, Executor):
                 f"cluster_type={self.config.cluster_type!r} does not: use cluster_type='slurm' "
                 "or leave checkpoint_before_s unset"
             )
+        asked = set(resources.model_dump(exclude_defaults=True))
+        unsupported = sorted(asked & self._engine.scheduler.unsupported_resources)
+        if unsupported:
+            raise ConfigError(
+                f"cluster_type={self.config.cluster_type!r} cannot honour "
+                f"{', '.join(unsupported)}: leave {'it' if len(unsupported) == 1 else 'them'} "
+                "unset, or give the scheduler's own option in extra_directives"
+            )
         with self._shutdown_lock:
             if self._shutdown:
                 raise RuntimeError("cannot schedule new futures after shutdown")

@@ -12,6 +12,8 @@ from concurrent.futures import Future
 from concurrent.futures._base import CANCELLED, PENDING, RUNNING
 from typing import Protocol, TypeVar
 
+from .lifecycle import JobState
+
 __all__ = ["ClusterFuture"]
 
 T = TypeVar("T")
@@ -27,8 +29,9 @@ class ClusterFuture(Future[T]):
     """The pending result of one call, running as (part of) a scheduler job.
 
     ``job_id`` is None until the job is submitted (``max_workers`` may hold calls back);
-    ``job_state`` is the scheduler's word for it (``HELD``, ``SUBMITTING``, ``PENDING``,
-    ``RUNNING``, ``COMPLETED``, ``FAILED``, ...).
+    ``lifecycle`` is where the job is in the one lifecycle of every backend
+    (:class:`clustrix.lifecycle.JobState`) and ``job_state`` the scheduler's own word for it
+    (``HELD``, ``SUBMITTING``, ``PENDING``, ``RUNNING``, ``COMPLETED``, ``FAILED``, ...).
     """
 
     def __init__(self, control: _JobControl, call_index: int) -> None:
@@ -37,6 +40,7 @@ class ClusterFuture(Future[T]):
         self.call_index = call_index
         self._job_id: str | None = None
         self._job_state = "HELD"
+        self._lifecycle = JobState.HELD
         self._job_dir: str | None = None
         self._task_index: int | None = None
 
@@ -48,8 +52,13 @@ class ClusterFuture(Future[T]):
 
     @property
     def job_state(self) -> str:
-        """The scheduler's last known state of the job."""
+        """The scheduler's last known state of the job, in its own word."""
         return self._job_state
+
+    @property
+    def lifecycle(self) -> JobState:
+        """The job's last known state in clustrix's lifecycle (the same for every backend)."""
+        return self._lifecycle
 
     @property
     def job_dir(self) -> str | None:
@@ -109,6 +118,10 @@ class ClusterFuture(Future[T]):
         return self._control.kill_call(self)  # type: ignore[arg-type]
 
     # --- engine side ----------------------------------------------------------------------
+    def _set_job_state(self, state: JobState, native: str) -> None:
+        """Record the job's state (the engine moves it through the lifecycle)."""
+        self._lifecycle, self._job_state = state, native
+
     def _mark_running(self) -> bool:
         """PENDING -> RUNNING; False (and waiters notified) if it was cancelled."""
         with self._condition:

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import shlex
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from .. import _wire
 from ..config import ClusterConfig, Resources
+from ..lifecycle import JobState
 
 __all__ = [
-    "ENDED_STATES",
-    "QUEUED_STATES",
-    "RUNNING_STATES",
     "JobSpec",
     "Scheduler",
     "TaskStatus",
@@ -26,35 +24,13 @@ __all__ = [
     "setup_lines",
 ]
 
-#: States in which a job is running (the engine marks its futures RUNNING).
-RUNNING_STATES = frozenset({"RUNNING", "COMPLETING", "CONFIGURING", "STAGE_OUT", "SIGNALING"})
-#: States of a job waiting to (re)start: a requeued job's earlier run may have left an exit
-#: status that no longer counts.
-QUEUED_STATES = frozenset({"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED"})
-#: States after which a job will not produce anything more.
-ENDED_STATES = frozenset(
-    {
-        "COMPLETED",
-        "FAILED",
-        "CANCELLED",
-        "TIMEOUT",
-        "OUT_OF_MEMORY",
-        "NODE_FAIL",
-        "PREEMPTED",
-        "BOOT_FAIL",
-        "DEADLINE",
-        "SPECIAL_EXIT",
-        "REVOKED",
-        "EXITED",
-    }
-)
-
 RunCommand = Callable[[Sequence[str]], Awaitable[tuple[int, str, str]]]
 
 
 @dataclass(frozen=True)
 class TaskStatus:
-    """What the scheduler says about one job (or one array task)."""
+    """What the scheduler says about one job (or one array task), in its own words
+    (``state`` is the native word: :meth:`Scheduler.lifecycle` maps it)."""
 
     job_id: str
     state: str
@@ -159,16 +135,33 @@ def render_body(spec: JobSpec, task_index: str, *, requeue_command: str | None =
 
 
 class Scheduler(ABC):
-    """What a backend implements. All methods but :meth:`discover` are pure."""
+    """What a backend implements. All methods but :meth:`discover` are pure.
 
-    #: Name used in ``ClusterConfig.cluster_type``.
+    What a backend can do is declared in the class attributes below, which the engine reads;
+    it never tests a backend by its name.
+    """
+
+    #: Name used in ``ClusterConfig.cluster_type`` (the registry's key).
     name: str = ""
     #: True if one submission can start many tasks with a concurrency limit (``%N``).
     supports_array_throttle: bool = False
-    #: Largest number of tasks in one submission.
+    #: Largest number of tasks in one submission (1: no arrays).
     max_array_size: int = 1_000_000
     #: True if a job can be signalled before its time limit and requeued (checkpointing).
     supports_requeue: bool = False
+    #: The backend's native state words and the lifecycle state each one means. A word not
+    #: listed counts as :attr:`~clustrix.lifecycle.JobState.QUEUED` (alive, not running):
+    #: a scheduler's new word never ends a job by mistake.
+    native_states: Mapping[str, JobState] = {}
+    #: Said when a checkpointed job could not be requeued (the scheduler's own limits).
+    requeue_refused_hint: str = "see the job's stderr"
+    #: Generic resource fields (``Resources``) this backend cannot honour: asking for one
+    #: is a :class:`~clustrix.errors.ConfigError` at submission, never silently ignored.
+    unsupported_resources: frozenset[str] = frozenset()
+
+    def lifecycle(self, native: str) -> JobState:
+        """The lifecycle state a native state word means."""
+        return self.native_states.get(native, JobState.QUEUED)
 
     @classmethod
     def from_config(cls, config: ClusterConfig) -> Scheduler:

@@ -11,6 +11,7 @@ import shlex
 from collections.abc import Sequence
 
 from .. import _wire
+from ..lifecycle import JobState
 from .base import JobSpec, Scheduler, TaskStatus, render_body
 
 __all__ = ["LocalScheduler"]
@@ -31,6 +32,8 @@ class LocalScheduler(Scheduler):
 
     name = "local"
     supports_array_throttle = False
+    #: ``ps`` only shows live processes; how they ended is in their exit file.
+    native_states = {"RUNNING": JobState.RUNNING}
 
     def render_script(self, spec: JobSpec) -> str:
         """A ``sh`` script taking the task index as its first argument."""

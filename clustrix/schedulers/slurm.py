@@ -13,9 +13,49 @@ from collections.abc import Sequence
 
 from .. import _wire
 from ..config import ClusterConfig, Resources
+from ..lifecycle import JobState
 from .base import JobSpec, RunCommand, Scheduler, TaskStatus, render_body
 
-__all__ = ["SlurmScheduler", "parse_exit_code", "parse_key_values"]
+__all__ = [
+    "ENDED_STATES",
+    "RUNNING_STATES",
+    "SLURM_STATES",
+    "SlurmScheduler",
+    "parse_exit_code",
+    "parse_key_values",
+]
+
+#: SLURM's job states (``squeue -t all``, ``sacct``, ``scontrol``) in the one lifecycle.
+SLURM_STATES: dict[str, JobState] = {
+    "PENDING": JobState.QUEUED,
+    "SUSPENDED": JobState.QUEUED,
+    "STOPPED": JobState.QUEUED,
+    "RESV_DEL_HOLD": JobState.QUEUED,
+    "REQUEUED": JobState.REQUEUED,
+    "REQUEUE_HOLD": JobState.REQUEUED,
+    "REQUEUE_FED": JobState.REQUEUED,
+    "RUNNING": JobState.RUNNING,
+    "COMPLETING": JobState.RUNNING,
+    "CONFIGURING": JobState.RUNNING,
+    "STAGE_OUT": JobState.RUNNING,
+    "SIGNALING": JobState.RUNNING,
+    "COMPLETED": JobState.COMPLETED,
+    "FAILED": JobState.FAILED,
+    "OUT_OF_MEMORY": JobState.FAILED,
+    "SPECIAL_EXIT": JobState.FAILED,
+    "CANCELLED": JobState.CANCELLED,
+    "REVOKED": JobState.CANCELLED,
+    "TIMEOUT": JobState.TIMED_OUT,
+    "DEADLINE": JobState.TIMED_OUT,
+    # the infrastructure's fault, not the call's: max_retries resubmits these
+    "NODE_FAIL": JobState.LOST,
+    "PREEMPTED": JobState.LOST,
+    "BOOT_FAIL": JobState.LOST,
+}
+#: Native states in which a job is running.
+RUNNING_STATES = frozenset(k for k, v in SLURM_STATES.items() if v is JobState.RUNNING)
+#: Native states after which a job will not produce anything more.
+ENDED_STATES = frozenset(k for k, v in SLURM_STATES.items() if v.is_final)
 
 #: Poll with ``-j <ids>`` up to this many distinct jobs; beyond, ask for all of the user's
 #: jobs (``--me``) and filter here, so the command line never grows with the job count.
@@ -69,6 +109,8 @@ class SlurmScheduler(Scheduler):
     name = "slurm"
     supports_array_throttle = True
     supports_requeue = True
+    native_states = SLURM_STATES
+    requeue_refused_hint = "see stderr; SLURM's MaxBatchRequeue limits requeues per job"
 
     def __init__(self, *, use_sacct: bool | None = None) -> None:
         self.use_sacct = use_sacct

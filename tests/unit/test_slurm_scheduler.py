@@ -15,10 +15,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from clustrix.config import Resources
-from clustrix.schedulers.base import ENDED_STATES, RUNNING_STATES, JobSpec, TaskStatus
+from clustrix.schedulers.base import JobSpec, TaskStatus
 from clustrix.schedulers.slurm import (
     _SACCT_FIELDS,
+    ENDED_STATES,
     MAX_LISTED_JOBS,
+    RUNNING_STATES,
     SlurmScheduler,
     parse_exit_code,
     parse_key_values,

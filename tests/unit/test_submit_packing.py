@@ -8,15 +8,16 @@ import stat
 import subprocess
 from pathlib import Path
 
-from clustrix import _engine, _wire
+from clustrix import _wire
+from clustrix._engine import _jobdir
 
 
 def unpack_and_run(
     job_dir: Path, files: dict[str, bytes], *command: str
 ) -> subprocess.CompletedProcess[str]:
     done = subprocess.run(
-        ["sh", "-c", _engine._UNPACK_AND_SUBMIT, "clustrix-submit", str(job_dir), *command],
-        input=_engine._tar(files),
+        ["sh", "-c", _jobdir.UNPACK_AND_SUBMIT, "clustrix-submit", str(job_dir), *command],
+        input=_jobdir.tar(files),
         capture_output=True,
         check=False,
     )
@@ -54,5 +55,5 @@ def test_an_unwritable_job_directory_is_told_apart_from_a_refused_job(tmp_path: 
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
     done = unpack_and_run(blocker / "jobs" / "j", {"secret": b"x"}, "echo", "never run")
-    assert done.returncode == _engine._UNPACK_FAILED
+    assert done.returncode == _jobdir.UNPACK_FAILED
     assert "never run" not in done.stdout

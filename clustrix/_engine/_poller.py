@@ -1,0 +1,170 @@
+"""The monitor: the only poller. ONE round trip per cycle for every outstanding job.
+
+Each cycle runs :func:`clustrix.monitor.poll_script` (the scheduler's status of all jobs, the
+exit files, the result files, and deletion of consumed files) as one command, then hands what
+it saw to the :class:`~._collect.Collector`. While the cluster cannot be reached, polls back
+off and the futures wait up to ``connection_grace_s``; after that they fail, and the jobs'
+submissions stay in the registry for a later ``recover()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+
+from .. import _wire
+from ..errors import TransportError
+from ..lifecycle import JobState
+from ..monitor import parse_poll_output, poll_delay, poll_script
+from ._collect import Collector, Ended
+from ._core import Core, log
+from ._model import Call
+
+__all__ = ["MAX_DELETE", "Monitor"]
+
+#: At most this many consumed files are deleted by one poll command (keeps it short).
+MAX_DELETE = 1000
+
+
+class Monitor:
+    """Polls all outstanding jobs, one command per cycle, with backoff."""
+
+    def __init__(self, core: Core, collector: Collector) -> None:
+        self.core = core
+        self.collector = collector
+        self.lost_since: tuple[float, str] | None = None  # polls failing since (mono, wall)
+
+    async def loop(self) -> None:
+        """Poll while anything is outstanding; sleep until woken otherwise."""
+        core = self.core
+        while True:
+            if not core.batches:
+                await core.wake_monitor.wait()
+                core.wake_monitor.clear()
+                continue
+            try:
+                await self.poll_once()
+                self.lost_since = None
+            except (TransportError, OSError) as exc:
+                # The connection may come back (the transport reconnects on the next call);
+                # futures keep waiting, up to the grace period.
+                self._connection_trouble(exc)
+            except Exception as exc:  # a bug: fail loudly rather than leave futures hanging
+                core.break_(exc)
+                return
+            newest = max((b.submitted_at for b in core.batches), default=time.monotonic())
+            delay = poll_delay(
+                time.monotonic() - newest,
+                core.config.poll_interval_min_s,
+                core.config.poll_interval_max_s,
+            )
+            if self.lost_since is not None:
+                delay = max(delay, self._reconnect_delay())
+            with contextlib.suppress(asyncio.TimeoutError):  # woken early by a submission
+                await asyncio.wait_for(core.wake_monitor.wait(), delay)
+            core.wake_monitor.clear()
+
+    def _reconnect_delay(self) -> float:
+        """Back off while the cluster cannot be reached: 1, 2, 4 ... 30 s since the loss,
+        but often enough that the grace period ends on time."""
+        assert self.lost_since is not None
+        lost_for_s = time.monotonic() - self.lost_since[0]
+        backoff_s = min(30.0, max(1.0, lost_for_s))  # doubles the wait with each retry
+        return min(backoff_s, max(1.0, self.core.config.connection_grace_s / 4))
+
+    def _connection_trouble(self, exc: BaseException) -> None:
+        core = self.core
+        now = time.monotonic()
+        if self.lost_since is None:
+            self.lost_since = (now, time.strftime("%Y-%m-%d %H:%M:%S"))
+            log.warning("clustrix: lost touch with %s, retrying: %s", core.transport.location, exc)
+        started, wall = self.lost_since
+        grace_s = core.config.connection_grace_s
+        if now - started < grace_s:
+            return
+        # Only submitted jobs: a submission in flight has its own grace period (Sender).
+        submitted = [b for b in core.batches if all(t.job_id for t in b.tasks)]
+        job_ids = sorted({t.job_id for b in submitted for t in b.tasks if t.job_id})
+        error = TransportError(
+            f"connection to {core.transport.location} lost since {wall} "
+            f"({now - started:.0f} s, longer than connection_grace_s={grace_s:g}): {exc}. "
+            f"The jobs may still run on the cluster: {', '.join(job_ids[:20])}"
+            f"{' ...' if len(job_ids) > 20 else ''}"
+        )
+        for batch in submitted:
+            batch.abandoned = True  # a later process can still recover() it
+            for task in batch.tasks:
+                if task.finished:
+                    continue
+                for call in task.open_calls():
+                    core.resolve(call, None, error)
+                task.set_state(JobState.LOST, task.native)
+        self.collector.retire_batches()
+        self.lost_since = None
+
+    async def poll_once(self) -> bool:
+        """One status round trip for every outstanding job; True if anything changed."""
+        core = self.core
+        scheduler = core.scheduler
+        batches = list(core.batches)
+        tasks = [t for b in batches for t in b.tasks if not t.finished and t.job_id]
+        if not tasks:
+            return False
+        job_ids = [t.job_id for t in tasks if t.job_id]
+        status_argv = scheduler.status_argv(job_ids)
+        consumed, core.consumed = core.consumed[:MAX_DELETE], core.consumed[MAX_DELETE:]
+        script = poll_script(status_argv, [b.job_dir for b in batches], core.jobs_root, consumed)
+        core.stats["poll_cycles"] += 1
+        result = await core.run(["sh", "-c", script], counts_as=status_argv[0])
+        seen = parse_poll_output(result.stdout)
+        status_ok = seen.status_ok or scheduler.status_ok_anyway(seen.status_text)
+        statuses = scheduler.parse_status(seen.status_text) if status_ok else {}
+        if not status_ok:
+            log.warning("clustrix: scheduler status failed: %s", seen.status_text.strip()[-500:])
+
+        changed = False
+        new: list[Call] = [
+            call
+            for batch in batches
+            for path, call in batch.paths.items()
+            if not call.resolved and path in seen.result_paths
+        ]
+        if new:
+            changed = True
+            await self.collector.fetch_results(new)
+
+        ended: list[Ended] = []
+        for task in tasks:
+            assert task.batch is not None and task.job_id is not None
+            status = statuses.get(task.job_id)
+            exit_code = seen.exit_codes.get(f"{task.batch.job_dir}/{_wire.EXIT_DIR}/{task.index}")
+            state = scheduler.lifecycle(status.state) if status is not None else None
+            if status is not None and state is not None and status.state != task.native:
+                # A final word waits for the outcome to be collected (finalize): until then
+                # the job is, to clustrix, where it was; its native word shows at once.
+                task.set_state(task.state if state.is_final else state, status.state)
+                changed = True
+            if state is JobState.RUNNING:
+                for call in task.open_calls():
+                    assert call.future is not None
+                    call.future._mark_running()
+            gone = status_ok and (status is None or (state is not None and state.is_final))
+            if state in (JobState.QUEUED, JobState.REQUEUED):
+                # requeued (preempted, node failure): an exit status is from the run before
+                exit_code, task.grace_used = None, False
+            if exit_code is None and not gone:
+                continue
+            if not task.open_calls():
+                self.collector.finalize(task, status, exit_code)
+                changed = True
+            elif not task.grace_used:
+                # Results on a shared filesystem may show up a moment after the job ends.
+                task.grace_used = True
+            else:
+                ended.append((task, status, exit_code))
+        if ended:
+            changed = True
+            await self.collector.fail_ended(ended)
+        self.collector.retire_batches()
+        return changed

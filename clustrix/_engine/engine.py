@@ -1,0 +1,190 @@
+"""The engine: what an executor does on its event-loop thread, put together from its parts.
+
+::
+
+    Engine ── Core (shared state; the one place futures are resolved)
+      ├── Submitter   held queue, batching into arrays, max_workers slots   (_submit.py)
+      │     └── Sender  job directory + submit command, until accepted      (_send.py)
+      ├── Monitor     the only poller: one round trip per cycle             (_poller.py)
+      │     └── Collector  results, failures, retries, clean-up            (_collect.py)
+      ├── Canceller   cancel / kill, one scheduler command per burst        (_cancel.py)
+      └── Recovery    the job registry, recover()                          (_recovery.py)
+
+Every method of the parts runs on the loop thread and touches the shared state without
+locks; the public methods of :class:`Engine` are the thread-safe doors into it. The engine
+knows the :class:`~clustrix.schedulers.base.Scheduler` and
+:class:`~clustrix.transports.base.Transport` interfaces, never a particular one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+from .._bundle import worker_bundle
+from .._loop import LoopThread
+from .._remote_env import RemoteEnvironment
+from ..config import ClusterConfig, Resources
+from ..future import ClusterFuture
+from ..registry import JobRegistry
+from ..schedulers.base import Scheduler
+from ..transports.base import Transport
+from ._cancel import Canceller
+from ._collect import Collector
+from ._core import Core
+from ._model import Task
+from ._poller import Monitor
+from ._recovery import Recovery
+from ._send import Sender
+from ._submit import Submitter
+
+__all__ = ["Engine"]
+
+
+class Engine:
+    """Submission, polling and resolution of futures for one executor."""
+
+    def __init__(
+        self,
+        config: ClusterConfig,
+        scheduler: Scheduler,
+        transport: Transport,
+        loop: LoopThread,
+        *,
+        max_workers: int | None,
+        python: str,
+        build_environment: bool,
+        registry: JobRegistry,
+    ) -> None:
+        self.config = config
+        self.scheduler = scheduler
+        self.transport = transport
+        self.python = python
+        self.build_environment = build_environment
+        self._loop = loop
+        self._core = Core(config, scheduler, transport, loop, registry, max_workers)
+        self._job_environment = dict(config.environment_variables)
+        if config.max_result_mb is not None:  # the worker refuses bigger results
+            self._job_environment["CLUSTRIX_MAX_RESULT_BYTES"] = str(
+                int(config.max_result_mb * 1e6)
+            )
+        self._canceller = Canceller(self._core)
+        self._recovery = Recovery(self._core, self)
+        self._collector = Collector(self._core)
+        self._monitor = Monitor(self._core, self._collector)
+        self._loops: list[asyncio.Task[Any]] = []
+
+    @property
+    def max_workers(self) -> int | None:
+        """At most this many jobs in flight (None: the cluster's own limit)."""
+        return self._core.max_workers
+
+    @property
+    def stats(self) -> Counter[str]:
+        """Counters of what the engine did on the cluster (see ``ClusterExecutor.stats``)."""
+        return self._core.stats
+
+    @property
+    def work_dir(self) -> str:
+        """``remote_work_dir``, expanded on the cluster."""
+        return self._core.work_dir
+
+    @property
+    def worker_path(self) -> str:
+        """Where the worker runtime zip is on the cluster."""
+        return self._core.worker_path
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Connect, prepare the work directory and worker runtime, read cluster facts."""
+        core = self._core
+        core.start()
+        await self.transport.connect()
+        core.work_dir = await self.transport.expand(self.config.remote_work_dir)
+        core.jobs_root = f"{core.work_dir}/jobs"
+        bundle = worker_bundle()
+        core.worker_path = f"{core.work_dir}/runtime/{bundle.filename}"
+        self.environment = RemoteEnvironment(
+            self.config,
+            self.transport,
+            core.run,
+            core.stats,
+            python=self.python,
+            build_environment=self.build_environment,
+            work_dir=core.work_dir,
+            worker_path=core.worker_path,
+        )
+        if not await self.environment.check_python_and_layout():
+            await self.transport.write_bytes(core.worker_path, bundle.data, mode=0o644)
+        await self.scheduler.discover(core.run_scheduler_command)
+        self._submitter = Submitter(
+            core,
+            Sender(core, self.environment, self._job_environment),
+            register=self._recovery.register,
+            flush_cancels=self._canceller.flush,
+        )
+        self._loops = [core.spawn(self._submitter.loop()), core.spawn(self._monitor.loop())]
+
+    async def close(self) -> None:
+        """Finish pending cancellations and clean-ups, then close the transport."""
+        core = self._core
+        if hasattr(core, "idle"):  # start() got that far
+            await self._canceller.flush()
+        if core.finished_dirs:
+            core.spawn(core.remove_quietly(core.finished_dirs))
+            core.finished_dirs = []
+        for task in self._loops:
+            task.cancel()
+        pending = [t for t in core.background if t is not asyncio.current_task()]
+        await asyncio.gather(*pending, return_exceptions=True)
+        await self.transport.close()
+
+    # ------------------------------------------------------------------ thread-safe doors
+    @property
+    def broken(self) -> BaseException | None:
+        """Why the engine stopped working, or None."""
+        return self._core.broken
+
+    def enqueue(self, tasks: list[Task]) -> None:
+        """Queue tasks for submission (from any thread)."""
+        self._loop.call_soon(self._submitter.on_enqueue, tasks)
+
+    def cancel_calls(self, futures: list[ClusterFuture[Any]]) -> None:
+        """Forget cancelled calls; cancel their jobs in the scheduler (from any thread)."""
+        self._loop.call_soon(self._canceller.on_cancel, futures)
+
+    def kill_call(self, future: ClusterFuture[Any]) -> bool:
+        """Stop the job running ``future``'s call (blocking)."""
+        return self._loop.run(self._canceller.kill(future))
+
+    def read_log(self, future: ClusterFuture[Any], stream: str) -> str:
+        """The text of a future's stdout or stderr log (blocking)."""
+        path = future.stdout_path if stream == "out" else future.stderr_path
+        if path is None:
+            return ""
+        try:
+            data = self._loop.run(self.transport.read_bytes(path))
+        except FileNotFoundError:
+            return ""
+        return data.decode(errors="replace")
+
+    def slots(self, resources: Resources) -> int | None:
+        """How many jobs can run at once (for default chunking)."""
+        known = self.scheduler.slots(resources)
+        max_workers = self._core.max_workers
+        if max_workers is not None:
+            return min(max_workers, known) if known else max_workers
+        return known
+
+    async def cancel_pending(self) -> None:
+        """Cancel every call that has not started; one scheduler command for all."""
+        await self._canceller.cancel_pending()
+
+    async def wait_idle(self) -> None:
+        """Return once no call is outstanding."""
+        await self._core.idle.wait()
+
+    async def recover(self) -> list[ClusterFuture[Any]]:
+        """Futures for the calls of submissions whose submitting process has died."""
+        return await self._recovery.recover()
