@@ -2,12 +2,14 @@
 
 clustrix check-config [--config FILE]    validate, connect, report the cluster's facts
 clustrix plan path/to/script.py:function [--config FILE]
+clustrix backends [--json]               the cluster types (built in and from plugins)
 clustrix version
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import runpy
 import sys
 from collections.abc import Sequence
@@ -60,6 +62,24 @@ def _plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _backends(args: argparse.Namespace) -> int:
+    from .backends import registered_backends
+
+    backends = list(registered_backends().values())
+    if args.json:
+        rows = [
+            {"name": b.name, "available": b.available, "summary": b.summary, "origin": b.origin}
+            for b in backends
+        ]
+        print(json.dumps(rows, indent=2))
+        return 0
+    width = max(len(b.name) for b in backends)
+    for b in backends:
+        status = "" if b.available else " (planned: not in this release)"
+        print(f"{b.name:<{width}}  {b.summary}{status}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``clustrix`` command."""
     parser = argparse.ArgumentParser(prog="clustrix", description=__doc__.splitlines()[0])
@@ -69,6 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     plan = sub.add_parser("plan", help="show what a function would ship and install")
     plan.add_argument("target", help="SCRIPT.py:FUNCTION")
     plan.add_argument("--config", help="YAML/TOML file (default: $CLUSTRIX_CONFIG, environment)")
+    listing = sub.add_parser("backends", help="list the cluster types this installation has")
+    listing.add_argument("--json", action="store_true", help="machine-readable output")
     sub.add_parser("version", help="print the version")
     args = parser.parse_args(argv)
     from .errors import ClusterError
@@ -78,6 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check_config(args)
         if args.command == "plan":
             return _plan(args)
+        if args.command == "backends":
+            return _backends(args)
         from . import __version__
 
         print(__version__)

@@ -126,3 +126,17 @@ def test_a_resource_the_backend_cannot_honour_is_refused_at_submission(tmp_path:
         assert ex.submit(abs, -3).result(timeout=60) == 3  # nothing asked: fine
         with pytest.raises(ConfigError, match=r"cannot honour qos: leave it unset"):
             ex.options(qos="high").submit(abs, -3)
+
+
+def test_cli_lists_the_registry(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from clustrix.cli import main
+
+    assert main(["backends", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == list(registered_backends())
+    assert [r["name"] for r in rows if r["available"]] == list(available_backends())
+    assert main(["backends"]) == 0
+    text = capsys.readouterr().out
+    assert "pbs" in text and "planned" in text
