@@ -1,0 +1,477 @@
+"""Sphinx extension of the clustrix docs: the pages that are generated, never written by hand.
+
+Directives (usable in MyST pages as ```` ```{clustrix-config} ````):
+
+``clustrix-config``
+    The configuration reference, from ``ClusterConfig.model_fields`` at build time: every
+    field's name, type, default, bounds, description, its ``CLUSTRIX_<NAME>`` environment
+    variable and its key in a config file. What is said about the environment is checked
+    against :func:`clustrix.config.config_from_env`, the file keys against
+    :func:`clustrix.config.read_config_file`: if clustrix changes, the page changes, or the
+    build fails.
+``clustrix-config-yaml``
+    A config file holding every field at its default, checked by reading it back.
+``clustrix-backends``
+    The table of ``cluster_type`` names, from :data:`clustrix.backends.BUILTIN_BACKENDS`.
+``clustrix-cli``
+    The ``--help`` text of the ``clustrix`` command (or of one subcommand).
+``clustrix-raises``
+    Runs the Python code it holds, which must raise, and shows the code and the error
+    exactly as Python prints its last line (the troubleshooting page).
+
+Checks (each failure is a warning, so an error under ``-W``):
+
+- every name of ``clustrix.__all__`` is documented in the API reference;
+- every ``python`` code block of every page parses, and every name it imports from clustrix
+  (``from clustrix import X``, ``clustrix.X``) exists.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import functools
+import importlib
+import io
+import os
+import tempfile
+import traceback
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+from docutils import nodes
+from docutils.parsers.rst import directives
+from sphinx import addnodes
+from sphinx.application import Sphinx
+from sphinx.util import logging
+from sphinx.util.docutils import SphinxDirective
+
+logger = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------- small helpers
+def format_type(annotation: Any) -> str:
+    """A field's annotation as a reader writes it: ``float | None``, ``list[str]``."""
+    if annotation is type(None):
+        return "None"
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(format_type(arg) for arg in args)
+    if origin is typing.Literal:
+        return " | ".join(repr(arg) for arg in args)
+    if origin is not None:
+        name = getattr(origin, "__name__", str(origin))
+        return f"{name}[{', '.join(format_type(arg) for arg in args)}]"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def format_bounds(metadata: list[Any]) -> str:
+    """``>= 1, <= 65535`` from pydantic's annotated-types metadata."""
+    symbols = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+    parts = []
+    for item in metadata:
+        for attr, symbol in symbols.items():
+            value = getattr(item, attr, None)
+            if value is not None:
+                parts.append(f"{symbol} {value}")
+    return ", ".join(parts)
+
+
+def literal(text: str) -> nodes.literal:
+    return nodes.literal(text, text)
+
+
+def paragraph(*children: nodes.Node | str) -> nodes.paragraph:
+    para = nodes.paragraph()
+    for child in children:
+        para += nodes.Text(child) if isinstance(child, str) else child
+    return para
+
+
+def table(headers: list[str], rows: list[list[nodes.Element]], widths: list[int]) -> nodes.table:
+    """A docutils table: one header row, cells given as nodes."""
+    group = nodes.tgroup(cols=len(headers))
+    for width in widths:
+        group += nodes.colspec(colwidth=width)
+    head = nodes.thead()
+    row = nodes.row()
+    for header in headers:
+        row += nodes.entry("", paragraph(header))
+    head += row
+    group += head
+    body = nodes.tbody()
+    for cells in rows:
+        row = nodes.row()
+        for cell in cells:
+            row += nodes.entry("", cell)
+        body += row
+    group += body
+    result = nodes.table()
+    result += group
+    return result
+
+
+def field_list(items: list[tuple[str, list[nodes.Node | str]]]) -> nodes.field_list:
+    result = nodes.field_list()
+    for name, body in items:
+        field = nodes.field()
+        field += nodes.field_name(name, name)
+        field += nodes.field_body("", paragraph(*body))
+        result += field
+    return result
+
+
+# ----------------------------------------------------------------- the configuration model
+class ConfigField:
+    """What the docs say about one field of ``ClusterConfig``, each fact checked."""
+
+    def __init__(self, name: str, info: Any) -> None:
+        from clustrix.config import ENV_PREFIX, Resources
+
+        self.name = name
+        self.info = info
+        self.type = format_type(info.annotation)
+        self.default = info.get_default(call_default_factory=True)
+        self.bounds = format_bounds(list(info.metadata))
+        self.description = info.description or ""
+        self.per_call = name in Resources.model_fields
+        self.env = ENV_PREFIX + name.upper()
+        self.yaml_default = _defaults_as_json()[name]
+        self.env_forms = self._env_forms()
+
+    def _env_forms(self) -> list[tuple[str, str]]:
+        """``(example, what it means)`` for the environment variable, found by asking
+        :func:`clustrix.config.config_from_env` rather than by reading its code."""
+        from clustrix.config import config_from_env
+        from clustrix.errors import ConfigError
+
+        def parsed(value: str, var: str | None = None) -> Any:
+            return config_from_env({var or self.env: value}).get(self.name, KeyError)
+
+        try:
+            words = parsed("a, b")
+        except ConfigError:  # refused as not a JSON object: a mapping field
+            if parsed("v", f"{self.env}__KEY") != {"KEY": "v"} or parsed('{"KEY": "value"}') != {
+                "KEY": "value"
+            }:
+                raise ValueError(f"{self.env}: not the mapping forms the page shows") from None
+            return [
+                (f"{self.env}__<KEY>=value", "sets one key, upper-cased; the file's others stay"),
+                (f'{self.env}=\'{{"KEY": "value"}}\'', "or the whole mapping as JSON"),
+            ]
+        if words is KeyError:
+            raise ValueError(f"{self.env} does not set the field {self.name}")
+        if words == ["a", "b"]:  # a list field
+            if parsed('["a b", "c"]') != ["a b", "c"]:
+                raise ValueError(f"{self.env} does not take a JSON list")
+            return [
+                (f"{self.env}=a,b", "comma-separated words"),
+                (f'{self.env}=\'["a", "b"]\'', "or a JSON list"),
+            ]
+        if words != "a, b":
+            raise ValueError(f"{self.env} does not pass its text on as the value")
+        return [(self.env, "its text, converted and validated as the field")]
+
+    def default_text(self) -> str:
+        if self.name == "password":
+            return "None"
+        return repr(str(self.default) if isinstance(self.default, Path) else self.default)
+
+    def yaml_line(self) -> str:
+        return yaml.safe_dump({self.name: self.yaml_default}, default_flow_style=True).strip()[1:-1]
+
+
+@functools.cache
+def _defaults_as_json() -> dict[str, Any]:
+    from clustrix.config import ClusterConfig
+
+    return ClusterConfig().model_dump(mode="json")
+
+
+def config_fields(group: str) -> list[ConfigField]:
+    from clustrix.config import ClusterConfig, Resources
+
+    names = [
+        name
+        for name in ClusterConfig.model_fields
+        if group == "all" or (name in Resources.model_fields) == (group == "resources")
+    ]
+    return [ConfigField(name, ClusterConfig.model_fields[name]) for name in names]
+
+
+def config_anchor(name: str) -> str:
+    return f"config-{name.replace('_', '-')}"
+
+
+class ConfigDirective(SphinxDirective):
+    """``{clustrix-config} resources|connection|summary``: fields of ``ClusterConfig``.
+
+    ``resources``: the fields that are also per call (``Resources``); ``connection``: the
+    others; ``summary``: one table of all of them, linking to their sections.
+    """
+
+    required_arguments = 1
+
+    def run(self) -> list[nodes.Node]:
+        kind = self.arguments[0]
+        if kind not in ("resources", "connection", "summary"):
+            raise self.error(f"clustrix-config: unknown group {kind!r}")
+        try:
+            fields = config_fields("all" if kind == "summary" else kind)
+        except ValueError as exc:  # a fact the page would state is not true
+            raise self.error(f"clustrix-config: {exc}") from exc
+        if kind == "summary":
+            return [self._summary(fields)]
+        return [self._section(field) for field in fields]
+
+    def _summary(self, fields: list[ConfigField]) -> nodes.table:
+        rows = []
+        for field in fields:
+            link = nodes.reference("", "", literal(field.name), refid=config_anchor(field.name))
+            rows.append(
+                [
+                    paragraph(link),
+                    paragraph(literal(field.type)),
+                    paragraph(literal(field.default_text())),
+                    paragraph(literal(field.env)),
+                ]
+            )
+        return table(["field", "type", "default", "environment variable"], rows, [3, 3, 3, 4])
+
+    def _section(self, field: ConfigField) -> nodes.section:
+        section = nodes.section(ids=[config_anchor(field.name)], names=[field.name])
+        section += nodes.title("", "", literal(field.name))
+        section += paragraph(field.description)
+        items: list[tuple[str, list[nodes.Node | str]]] = [
+            ("Type", [literal(field.type)]),
+            ("Default", [literal(field.default_text())]),
+        ]
+        if field.bounds:
+            items.append(("Allowed", [literal(field.bounds)]))
+        env: list[nodes.Node | str] = []
+        for i, (example, meaning) in enumerate(field.env_forms):
+            env += [("; " if i else ""), literal(example), f" ({meaning})"]
+        items.append(("Environment", env))
+        items.append(("Config file", [literal(field.yaml_line())]))
+        if field.per_call:
+            items.append(
+                (
+                    "Per call",
+                    [
+                        literal(f"ex.options({field.name}=…)"),
+                        ", ",
+                        literal(f"@cluster({field.name}=…)"),
+                    ],
+                )
+            )
+        section += field_list(items)
+        return section
+
+
+class ConfigYamlDirective(SphinxDirective):
+    """``{clustrix-config-yaml}``: a YAML config file with every field at its default."""
+
+    def run(self) -> list[nodes.Node]:
+        from clustrix.config import ClusterConfig, read_config_file
+
+        data = ClusterConfig().model_dump(mode="json")
+        text = yaml.safe_dump(data, sort_keys=False)
+        # Prove the file means what the page says: read back, it is the default config.
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp, "clustrix.yml")
+            path.write_text(text, encoding="utf-8")
+            if ClusterConfig(**read_config_file(path)) != ClusterConfig():
+                raise self.error("clustrix-config-yaml: the defaults do not read back as such")
+        block = nodes.literal_block(text, text)
+        block["language"] = "yaml"
+        return [block]
+
+
+class BackendsDirective(SphinxDirective):
+    """``{clustrix-backends}``: the ``cluster_type`` names of this release."""
+
+    def run(self) -> list[nodes.Node]:
+        from clustrix.backends import BUILTIN_BACKENDS
+
+        rows = [
+            [
+                paragraph(literal(backend.name)),
+                paragraph(backend.summary),
+                paragraph("available" if backend.available else "planned (refused for now)"),
+            ]
+            for backend in BUILTIN_BACKENDS
+        ]
+        return [table(["cluster_type", "where jobs run", "status"], rows, [2, 6, 3])]
+
+
+class CliDirective(SphinxDirective):
+    """``{clustrix-cli} [subcommand]``: the ``--help`` of the ``clustrix`` command."""
+
+    optional_arguments = 1
+
+    def run(self) -> list[nodes.Node]:
+        from clustrix.cli import main
+
+        argv = [*self.arguments, "--help"]
+        out = io.StringIO()
+        columns = os.environ.get("COLUMNS")
+        os.environ["COLUMNS"] = "88"  # argparse wraps at the terminal's width
+        try:
+            with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):
+                main(argv)
+        finally:
+            if columns is None:
+                del os.environ["COLUMNS"]
+            else:
+                os.environ["COLUMNS"] = columns
+        text = f"$ clustrix {' '.join(argv)}\n{out.getvalue().rstrip()}"
+        block = nodes.literal_block(text, text)
+        block["language"] = "text"
+        return [block]
+
+
+class RaisesDirective(SphinxDirective):
+    """``{clustrix-raises} ErrorName``: run the code (which must raise ErrorName, or a
+    subclass of it) and show it with the last line of the traceback Python prints."""
+
+    required_arguments = 1
+    has_content = True
+    option_spec = {"hide-code": directives.flag}
+
+    def run(self) -> list[nodes.Node]:
+        code = "\n".join(self.content)
+        namespace: dict[str, Any] = {"__name__": "__main__"}
+        try:
+            exec(compile(code, f"<{self.env.docname}>", "exec"), namespace)
+        except Exception as exc:  # the point: show what it raised
+            error = exc
+        else:
+            raise self.error(f"clustrix-raises: the code raised nothing:\n{code}")
+        wanted = self.arguments[0]
+        if not any(cls.__name__ == wanted for cls in type(error).__mro__):
+            raise self.error(
+                f"clustrix-raises: expected {wanted}, the code raised "
+                + "".join(traceback.format_exception(error))
+            )
+        shown = "".join(traceback.format_exception_only(type(error), error)).rstrip()
+        result: list[nodes.Node] = []
+        if "hide-code" not in self.options:
+            source = nodes.literal_block(code, code)
+            source["language"] = "python"
+            result.append(source)
+        output = nodes.literal_block(shown, shown)
+        output["language"] = "text"
+        output["classes"].append("clustrix-error-output")
+        result.append(output)
+        return result
+
+
+# ------------------------------------------------------------- links to files of the repo
+def link_repository_files(app: Sphinx, doctree: nodes.document) -> None:
+    """A Markdown link from a page to a file of the repository outside ``docs/`` (the design
+    notes link ``../benchmarks/README.md``, which reads well on GitHub) becomes a download
+    of that file, instead of a reference to a page that does not exist."""
+    srcdir = Path(app.srcdir).resolve()
+    for node in list(doctree.findall(addnodes.pending_xref)):
+        if node.get("refdomain") != "doc" or node.get("reftype") != "myst":
+            continue
+        here = Path(app.env.doc2path(app.env.docname)).parent
+        base = Path(node["reftarget"])
+        candidates = [
+            (here / base).resolve().with_name(base.name + suffix)
+            for suffix in app.config.source_suffix
+        ]
+        for candidate in candidates:
+            if candidate.is_file() and srcdir not in candidate.parents:
+                relative = os.path.relpath(candidate, here)
+                download = addnodes.download_reference(
+                    "",
+                    "",
+                    *node.children,
+                    reftarget=relative,
+                    refdoc=app.env.docname,
+                    refexplicit=True,
+                    classes=["xref", "download", "myst"],
+                )
+                node.replace_self(download)
+                break
+
+
+# ----------------------------------------------------------------------------------- checks
+def check_code_blocks(app: Sphinx, doctree: nodes.document) -> None:
+    """Every python block parses; every clustrix name it imports exists."""
+    for block in doctree.findall(nodes.literal_block):
+        if block.get("language") != "python" or "clustrix-error-output" in block["classes"]:
+            continue
+        text = block.astext()
+        try:
+            tree = ast.parse(text)
+        except SyntaxError as exc:
+            logger.warning("python code block does not parse: %s", exc, location=block)
+            continue
+        for problem in _missing_clustrix_names(tree):
+            logger.warning("python code block: %s", problem, location=block)
+
+
+def _missing_clustrix_names(tree: ast.AST) -> list[str]:
+    problems = []
+
+    def module_of(name: str) -> types.ModuleType | None:
+        try:
+            return importlib.import_module(name)
+        except ImportError as exc:
+            problems.append(f"cannot import {name}: {exc}")
+            return None
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] == "clustrix":
+            module = module_of(node.module or "")
+            for alias in node.names if module is not None else []:
+                if alias.name != "*" and not hasattr(module, alias.name):
+                    problems.append(f"{node.module} has no {alias.name!r}")
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == "clustrix":
+                    module_of(alias.name)
+        elif (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "clustrix"
+        ):
+            import clustrix
+
+            if not hasattr(clustrix, node.attr):
+                problems.append(f"clustrix has no {node.attr!r}")
+    return problems
+
+
+def check_api_complete(app: Sphinx, env: Any) -> None:
+    """Every public name (``clustrix.__all__``) has an entry in the API reference."""
+    import clustrix
+
+    documented = env.get_domain("py").objects
+    for name in clustrix.__all__:
+        if name.startswith("__"):
+            continue
+        if f"clustrix.{name}" not in documented:
+            logger.warning(
+                "clustrix.%s is in clustrix.__all__ but not documented: add it to "
+                "docs/reference/api.md",
+                name,
+            )
+
+
+def setup(app: Sphinx) -> dict[str, Any]:
+    app.add_directive("clustrix-config", ConfigDirective)
+    app.add_directive("clustrix-config-yaml", ConfigYamlDirective)
+    app.add_directive("clustrix-backends", BackendsDirective)
+    app.add_directive("clustrix-cli", CliDirective)
+    app.add_directive("clustrix-raises", RaisesDirective)
+    app.connect("doctree-read", link_repository_files, priority=400)  # before downloads
+    app.connect("doctree-read", check_code_blocks)
+    app.connect("env-check-consistency", check_api_complete)
+    return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
