@@ -11,6 +11,7 @@ than written: ``_ext/clustrix_docs.py``.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import sys
@@ -40,6 +41,10 @@ os.environ["CLUSTRIX_REMOTE_WORK_DIR"] = os.path.join(_SCRATCH, "work")
 os.environ["CLUSTRIX_STATE_DIR"] = os.path.join(_SCRATCH, "state")
 
 import clustrix  # noqa: E402  (after sys.path is set)
+
+# The troubleshooting page connects (and fails to) during the build; asyncssh's INFO lines
+# about it are not the build's news.
+logging.getLogger("asyncssh").setLevel(logging.WARNING)
 
 project = "clustrix"
 author = "clustrix developers"

@@ -33,6 +33,7 @@ import contextlib
 import functools
 import importlib
 import io
+import json
 import os
 import tempfile
 import traceback
@@ -126,6 +127,30 @@ def field_list(items: list[tuple[str, list[nodes.Node | str]]]) -> nodes.field_l
 
 
 # ----------------------------------------------------------------- the configuration model
+def note_generated(env: Any) -> None:
+    """This page shows what the code says now: read it again on every build, even an
+    incremental one in which its source did not change."""
+    if not hasattr(env, "clustrix_generated"):
+        env.clustrix_generated = set()
+    env.clustrix_generated.add(env.docname)
+
+
+def generated_outdated(
+    app: Sphinx, env: Any, added: set[str], changed: set[str], removed: set[str]
+) -> list[str]:
+    return sorted(getattr(env, "clustrix_generated", set()) - removed)
+
+
+def generated_purge(app: Sphinx, env: Any, docname: str) -> None:
+    getattr(env, "clustrix_generated", set()).discard(docname)
+
+
+def generated_merge(app: Sphinx, env: Any, docnames: set[str], other: Any) -> None:
+    if not hasattr(env, "clustrix_generated"):
+        env.clustrix_generated = set()
+    env.clustrix_generated |= getattr(other, "clustrix_generated", set()) & set(docnames)
+
+
 class ConfigField:
     """What the docs say about one field of ``ClusterConfig``, each fact checked."""
 
@@ -217,6 +242,7 @@ class ConfigDirective(SphinxDirective):
     required_arguments = 1
 
     def run(self) -> list[nodes.Node]:
+        note_generated(self.env)
         kind = self.arguments[0]
         if kind not in ("resources", "connection", "summary"):
             raise self.error(f"clustrix-config: unknown group {kind!r}")
@@ -276,6 +302,7 @@ class ConfigYamlDirective(SphinxDirective):
     """``{clustrix-config-yaml}``: a YAML config file with every field at its default."""
 
     def run(self) -> list[nodes.Node]:
+        note_generated(self.env)
         from clustrix.config import ClusterConfig, read_config_file
 
         data = ClusterConfig().model_dump(mode="json")
@@ -295,6 +322,7 @@ class BackendsDirective(SphinxDirective):
     """``{clustrix-backends}``: the ``cluster_type`` names of this release."""
 
     def run(self) -> list[nodes.Node]:
+        note_generated(self.env)
         from clustrix.backends import BUILTIN_BACKENDS
 
         rows = [
@@ -314,6 +342,7 @@ class CliDirective(SphinxDirective):
     optional_arguments = 1
 
     def run(self) -> list[nodes.Node]:
+        note_generated(self.env)
         from clustrix.cli import main
 
         argv = [*self.arguments, "--help"]
@@ -334,23 +363,52 @@ class CliDirective(SphinxDirective):
         return [block]
 
 
+def code_block(text: str, language: str, *classes: str) -> nodes.literal_block:
+    block = nodes.literal_block(text, text)
+    block["language"] = language
+    block["classes"].extend(classes)
+    return block
+
+
 class RaisesDirective(SphinxDirective):
     """``{clustrix-raises} ErrorName``: run the code (which must raise ErrorName, or a
-    subclass of it) and show it with the last line of the traceback Python prints."""
+    subclass of it) and show it with the last line of the traceback Python prints.
+
+    The code runs in a scratch directory (its current directory); ``:env: NAME=value`` sets
+    an environment variable while it runs (and says so above the code); ``:hide-code:``
+    shows only the error.
+    """
 
     required_arguments = 1
     has_content = True
-    option_spec = {"hide-code": directives.flag}
+    option_spec = {"hide-code": directives.flag, "env": directives.unchanged}
 
     def run(self) -> list[nodes.Node]:
+        note_generated(self.env)
         code = "\n".join(self.content)
         namespace: dict[str, Any] = {"__name__": "__main__"}
+        env_name, _, env_value = self.options.get("env", "").partition("=")
+        saved = os.environ.get(env_name) if env_name else None
+        if env_name:
+            os.environ[env_name] = env_value
+        cwd = os.getcwd()
+        scratch = tempfile.TemporaryDirectory(prefix="clustrix-docs-raises-")
+        os.chdir(scratch.name)  # files the example writes go nowhere near the checkout
         try:
             exec(compile(code, f"<{self.env.docname}>", "exec"), namespace)
         except Exception as exc:  # the point: show what it raised
             error = exc
         else:
             raise self.error(f"clustrix-raises: the code raised nothing:\n{code}")
+        finally:
+            os.chdir(cwd)
+            scratch.cleanup()
+            if env_name and saved is None:
+                del os.environ[env_name]
+            elif env_name:
+                os.environ[env_name] = saved or ""
+        if env_name:
+            code = f"# with {env_name}={env_value} in the environment\n{code}"
         wanted = self.arguments[0]
         if not any(cls.__name__ == wanted for cls in type(error).__mro__):
             raise self.error(
@@ -360,14 +418,53 @@ class RaisesDirective(SphinxDirective):
         shown = "".join(traceback.format_exception_only(type(error), error)).rstrip()
         result: list[nodes.Node] = []
         if "hide-code" not in self.options:
-            source = nodes.literal_block(code, code)
-            source["language"] = "python"
-            result.append(source)
-        output = nodes.literal_block(shown, shown)
-        output["language"] = "text"
-        output["classes"].append("clustrix-error-output")
-        result.append(output)
+            result.append(code_block(code, "python"))
+        result.append(code_block(shown, "text", "clustrix-error-output"))
         return result
+
+
+class CapturedDirective(SphinxDirective):
+    """``{clustrix-captured} case``: a failure that needs the real cluster, as
+    ``_ext/capture_errors.py`` recorded it (the code, the error, and what the node said)."""
+
+    required_arguments = 1
+
+    def run(self) -> list[nodes.Node]:
+        note_generated(self.env)
+        path = Path(self.env.srcdir, self.config.clustrix_captured_errors)
+        self.env.note_dependency(str(path))
+        captured = json.loads(path.read_text(encoding="utf-8"))
+        case = captured.get(self.arguments[0])
+        if case is None:
+            raise self.error(
+                f"clustrix-captured: no case {self.arguments[0]!r} in {path.name}; "
+                "run docs/_ext/capture_errors.py against the test cluster"
+            )
+        result: list[nodes.Node] = [
+            code_block(case["code"], "python"),
+            code_block(case["error"], "text", "clustrix-error-output"),
+        ]
+        if "remote_traceback" in case:
+            result.append(paragraph("The traceback from the node, its ", literal("__cause__"), ":"))
+            result.append(code_block(case["remote_traceback"], "text", "clustrix-error-output"))
+        return result
+
+
+class CapturedWhereDirective(SphinxDirective):
+    """``{clustrix-captured-where}``: where and when the captured messages were recorded."""
+
+    def run(self) -> list[nodes.Node]:
+        note_generated(self.env)
+        path = Path(self.env.srcdir, self.config.clustrix_captured_errors)
+        about = json.loads(path.read_text(encoding="utf-8"))["_about"]
+        return [
+            paragraph(
+                f"Captured on {about['where']}, with clustrix {about['clustrix']}, on "
+                f"{about['date']}, by ",
+                literal("docs/_ext/capture_errors.py"),
+                ".",
+            )
+        ]
 
 
 # ------------------------------------------------------------- links to files of the repo
@@ -471,7 +568,13 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.add_directive("clustrix-backends", BackendsDirective)
     app.add_directive("clustrix-cli", CliDirective)
     app.add_directive("clustrix-raises", RaisesDirective)
+    app.add_directive("clustrix-captured", CapturedDirective)
+    app.add_directive("clustrix-captured-where", CapturedWhereDirective)
+    app.add_config_value("clustrix_captured_errors", "guide/cluster-errors.json", "env")
     app.connect("doctree-read", link_repository_files, priority=400)  # before downloads
     app.connect("doctree-read", check_code_blocks)
     app.connect("env-check-consistency", check_api_complete)
+    app.connect("env-get-outdated", generated_outdated)
+    app.connect("env-purge-doc", generated_purge)
+    app.connect("env-merge-info", generated_merge)
     return {"version": "1", "parallel_read_safe": True, "parallel_write_safe": True}
