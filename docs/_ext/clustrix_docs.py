@@ -11,6 +11,9 @@ Directives (usable in MyST pages as ```` ```{clustrix-config} ````):
     build fails.
 ``clustrix-config-yaml``
     A config file holding every field at its default, checked by reading it back.
+``clustrix-config-sources``
+    Where a configuration comes from and in which order, found by building configurations
+    from a file, variables and arguments (the build fails if the order changed).
 ``clustrix-backends``
     The table of ``cluster_type`` names, from :data:`clustrix.backends.BUILTIN_BACKENDS`.
 ``clustrix-cli``
@@ -116,16 +119,6 @@ def table(headers: list[str], rows: list[list[nodes.Element]], widths: list[int]
     return result
 
 
-def field_list(items: list[tuple[str, list[nodes.Node | str]]]) -> nodes.field_list:
-    result = nodes.field_list()
-    for name, body in items:
-        field = nodes.field()
-        field += nodes.field_name(name, name)
-        field += nodes.field_body("", paragraph(*body))
-        result += field
-    return result
-
-
 # ----------------------------------------------------------------- the configuration model
 def note_generated(env: Any) -> None:
     """This page shows what the code says now: read it again on every build, even an
@@ -214,7 +207,8 @@ class ConfigField:
 def _defaults_as_json() -> dict[str, Any]:
     from clustrix.config import ClusterConfig
 
-    return ClusterConfig().model_dump(mode="json")
+    # model_construct: the defaults alone, whatever sources a ClusterConfig() may read
+    return ClusterConfig.model_construct().model_dump(mode="json")
 
 
 def config_fields(group: str) -> list[ConfigField]:
@@ -272,30 +266,159 @@ class ConfigDirective(SphinxDirective):
         section = nodes.section(ids=[config_anchor(field.name)], names=[field.name])
         section += nodes.title("", "", literal(field.name))
         section += paragraph(field.description)
-        items: list[tuple[str, list[nodes.Node | str]]] = [
-            ("Type", [literal(field.type)]),
-            ("Default", [literal(field.default_text())]),
+        facts: list[nodes.Node | str] = [
+            nodes.strong("", "Type "),
+            literal(field.type),
+            ", ",
+            nodes.strong("", "default "),
+            literal(field.default_text()),
         ]
         if field.bounds:
-            items.append(("Allowed", [literal(field.bounds)]))
-        env: list[nodes.Node | str] = []
+            facts += [", ", nodes.strong("", "allowed "), literal(field.bounds)]
+        env: list[nodes.Node | str] = [nodes.strong("", "Environment: ")]
         for i, (example, meaning) in enumerate(field.env_forms):
             env += [("; " if i else ""), literal(example), f" ({meaning})"]
-        items.append(("Environment", env))
-        items.append(("Config file", [literal(field.yaml_line())]))
+        items = [facts, env, [nodes.strong("", "Config file: "), literal(field.yaml_line())]]
         if field.per_call:
             items.append(
-                (
-                    "Per call",
-                    [
-                        literal(f"ex.options({field.name}=…)"),
-                        ", ",
-                        literal(f"@cluster({field.name}=…)"),
-                    ],
-                )
+                [
+                    nodes.strong("", "Per call: "),
+                    literal(f"ex.options({field.name}=…)"),
+                    ", ",
+                    literal(f"@cluster({field.name}=…)"),
+                ]
             )
-        section += field_list(items)
+        bullets = nodes.bullet_list()
+        for item in items:
+            bullets += nodes.list_item("", paragraph(*item))
+        section += bullets
         return section
+
+
+@contextlib.contextmanager
+def _environment(**variables: str) -> Any:
+    """``os.environ`` with these variables set (and no other ``CLUSTRIX_*`` ones), restored."""
+    saved = {name: value for name, value in os.environ.items() if name.startswith("CLUSTRIX_")}
+    for name in saved:
+        del os.environ[name]
+    os.environ.update(variables)
+    try:
+        yield
+    finally:
+        for name in [name for name in os.environ if name.startswith("CLUSTRIX_")]:
+            del os.environ[name]
+        os.environ.update(saved)
+
+
+def probe_sources() -> dict[str, bool]:
+    """How configurations are really merged, found by building some (documented below)."""
+    from clustrix.config import ClusterConfig
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp, "clustrix.yml")
+        path.write_text(
+            "cores: 2\npartition: fromfile\nenvironment_variables: {A: file, B: file}\n",
+            encoding="utf-8",
+        )
+        with _environment(CLUSTRIX_CORES="3", CLUSTRIX_ENVIRONMENT_VARIABLES__B="env"):
+            from_file = ClusterConfig.from_file(path)
+            loaded = ClusterConfig.load(path, cores=4)
+            bare = ClusterConfig()
+        with _environment(CLUSTRIX_CONFIG=str(path)):
+            named = ClusterConfig.load()
+    return {
+        "file_read": from_file.partition == "fromfile",
+        "env_over_file": from_file.cores == 3,
+        "args_over_env": loaded.cores == 4,
+        "config_variable": named.partition == "fromfile",
+        "mappings_merge": from_file.environment_variables == {"A": "file", "B": "env"},
+        "bare_reads_sources": bare.cores == 3,
+    }
+
+
+class ConfigSourcesDirective(SphinxDirective):
+    """``{clustrix-config-sources}``: where a configuration comes from, as probed now."""
+
+    def run(self) -> list[nodes.Node]:
+        note_generated(self.env)
+        facts = probe_sources()
+        needed = ("file_read", "env_over_file", "args_over_env", "config_variable")
+        wrong = [name for name in needed if not facts[name]]
+        if wrong:
+            raise self.error(
+                f"clustrix-config-sources: the sources no longer merge as the page says "
+                f"({', '.join(wrong)} is false): update docs/_ext/clustrix_docs.py"
+            )
+        steps = nodes.enumerated_list(enumtype="arabic")
+        for item in [
+            ["the defaults below;"],
+            [
+                "a YAML (",
+                literal(".yml"),
+                ", ",
+                literal(".yaml"),
+                ") or TOML (",
+                literal(".toml"),
+                ") file: the one given to ",
+                literal("ClusterConfig.from_file(path)"),
+                " or ",
+                literal("ClusterConfig.load(path)"),
+                ", else the one ",
+                literal("$CLUSTRIX_CONFIG"),
+                " names;",
+            ],
+            [literal("CLUSTRIX_<FIELD>"), " environment variables;"],
+            [
+                "explicit arguments (the keyword arguments of ",
+                literal("from_file"),
+                ", ",
+                literal("load"),
+                " and ",
+                literal("ClusterExecutor"),
+                ").",
+            ],
+        ]:
+            steps += nodes.list_item("", paragraph(*item))
+        if facts["bare_reads_sources"]:
+            bare = [
+                "A bare ",
+                literal("ClusterConfig(...)"),
+                " built in code reads them all too, as ",
+                literal("ClusterConfig.load()"),
+                " does; ",
+                literal("config.with_overrides(...)"),
+                " makes a changed copy without reading them again.",
+            ]
+        else:
+            bare = [
+                "A ",
+                literal("ClusterConfig(...)"),
+                " built in code reads neither the environment nor a file: it is exactly "
+                "what it says; ",
+                literal("ClusterConfig.load()"),
+                " is the one that merges all four.",
+            ]
+        merge = (
+            [
+                "A mapping field (",
+                literal("environment_variables"),
+                ") is merged key by key: ",
+                literal("CLUSTRIX_ENVIRONMENT_VARIABLES__OMP_NUM_THREADS=4"),
+                " sets one key and keeps the file's others.",
+            ]
+            if facts["mappings_merge"]
+            else [
+                "A mapping field (",
+                literal("environment_variables"),
+                ") given by a higher source replaces the lower one's as a whole.",
+            ]
+        )
+        return [
+            paragraph("Sources, lowest to highest priority:"),
+            steps,
+            paragraph(*bare),
+            paragraph(*merge),
+        ]
 
 
 class ConfigYamlDirective(SphinxDirective):
@@ -305,13 +428,14 @@ class ConfigYamlDirective(SphinxDirective):
         note_generated(self.env)
         from clustrix.config import ClusterConfig, read_config_file
 
-        data = ClusterConfig().model_dump(mode="json")
+        data = _defaults_as_json()
         text = yaml.safe_dump(data, sort_keys=False)
         # Prove the file means what the page says: read back, it is the default config.
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp, "clustrix.yml")
             path.write_text(text, encoding="utf-8")
-            if ClusterConfig(**read_config_file(path)) != ClusterConfig():
+            read = ClusterConfig(**read_config_file(path)).model_dump(mode="json")
+            if read != data:
                 raise self.error("clustrix-config-yaml: the defaults do not read back as such")
         block = nodes.literal_block(text, text)
         block["language"] = "yaml"
@@ -565,6 +689,7 @@ def check_api_complete(app: Sphinx, env: Any) -> None:
 def setup(app: Sphinx) -> dict[str, Any]:
     app.add_directive("clustrix-config", ConfigDirective)
     app.add_directive("clustrix-config-yaml", ConfigYamlDirective)
+    app.add_directive("clustrix-config-sources", ConfigSourcesDirective)
     app.add_directive("clustrix-backends", BackendsDirective)
     app.add_directive("clustrix-cli", CliDirective)
     app.add_directive("clustrix-raises", RaisesDirective)
