@@ -57,7 +57,7 @@ extensions = [
     "clustrix_docs",  # docs/_ext: configuration reference, backend table, checks
 ]
 
-exclude_patterns = ["_build", "jupyter_execute", "**/.ipynb_checkpoints", "_ext"]
+exclude_patterns = ["_build", "jupyter_execute", "**/.ipynb_checkpoints", "_ext", "_static"]
 root_doc = "index"
 
 # -- MyST ---------------------------------------------------------------------------------
@@ -79,7 +79,8 @@ autoclass_content = "class"
 # -- HTML ---------------------------------------------------------------------------------
 html_theme = "furo"
 html_title = f"clustrix {release}"
-html_static_path: list[str] = []
+html_static_path = ["_static"]
+html_css_files = ["clustrix.css"]  # error messages wrap (troubleshooting page)
 html_show_sourcelink = False
 
 

@@ -16,6 +16,8 @@ Directives (usable in MyST pages as ```` ```{clustrix-config} ````):
     from a file, variables and arguments (the build fails if the order changed).
 ``clustrix-backends``
     The table of ``cluster_type`` names, from :data:`clustrix.backends.BUILTIN_BACKENDS`.
+``clustrix-backends-status``
+    The same as prose: available, coming next (``:coming:``, while still planned), not yet.
 ``clustrix-cli``
     The ``--help`` text of the ``clustrix`` command (or of one subcommand).
 ``clustrix-raises``
@@ -260,7 +262,7 @@ class ConfigDirective(SphinxDirective):
                     paragraph(literal(field.env)),
                 ]
             )
-        return table(["field", "type", "default", "environment variable"], rows, [3, 3, 3, 4])
+        return table(["field", "type", "default", "environment variable"], rows, [26, 18, 16, 34])
 
     def _section(self, field: ConfigField) -> nodes.section:
         section = nodes.section(ids=[config_anchor(field.name)], names=[field.name])
@@ -457,7 +459,40 @@ class BackendsDirective(SphinxDirective):
             ]
             for backend in BUILTIN_BACKENDS
         ]
-        return [table(["cluster_type", "where jobs run", "status"], rows, [2, 6, 3])]
+        return [table(["cluster_type", "where jobs run", "status"], rows, [14, 50, 24])]
+
+
+class BackendsStatusDirective(SphinxDirective):
+    """``{clustrix-backends-status}`` with ``:coming: sge, ssh``: one paragraph saying which
+    backends this release has, which planned ones come next (those named, while they are
+    still planned) and which are not there yet, from the registry."""
+
+    option_spec = {"coming": directives.unchanged}
+
+    def run(self) -> list[nodes.Node]:
+        note_generated(self.env)
+        from clustrix.backends import BUILTIN_BACKENDS
+
+        coming = {name.strip() for name in self.options.get("coming", "").split(",")}
+        groups = {
+            "Available in this release: ": [b for b in BUILTIN_BACKENDS if b.available],
+            "Coming next: ": [b for b in BUILTIN_BACKENDS if not b.available and b.name in coming],
+            "Not there yet: ": [
+                b for b in BUILTIN_BACKENDS if not b.available and b.name not in coming
+            ],
+        }
+        result = []
+        for label, backends in groups.items():
+            if not backends:
+                continue
+            para = paragraph(nodes.strong("", label))
+            for i, backend in enumerate(backends):
+                para += nodes.Text("; " if i else "")
+                para += literal(backend.name)
+                para += nodes.Text(f", {backend.summary}")
+            para += nodes.Text(".")
+            result.append(para)
+        return result
 
 
 class CliDirective(SphinxDirective):
@@ -691,6 +726,7 @@ def setup(app: Sphinx) -> dict[str, Any]:
     app.add_directive("clustrix-config-yaml", ConfigYamlDirective)
     app.add_directive("clustrix-config-sources", ConfigSourcesDirective)
     app.add_directive("clustrix-backends", BackendsDirective)
+    app.add_directive("clustrix-backends-status", BackendsStatusDirective)
     app.add_directive("clustrix-cli", CliDirective)
     app.add_directive("clustrix-raises", RaisesDirective)
     app.add_directive("clustrix-captured", CapturedDirective)
