@@ -27,8 +27,9 @@ Directives (usable in MyST pages as ```` ```{clustrix-config} ````):
 Checks (each failure is a warning, so an error under ``-W``):
 
 - every name of ``clustrix.__all__`` is documented in the API reference;
-- every ``python`` code block of every page parses, and every name it imports from clustrix
-  (``from clustrix import X``, ``clustrix.X``) exists.
+- every ``python`` code block of every page parses, every name it imports from clustrix
+  (``from clustrix import X``, ``clustrix.X``) exists, and so does every attribute it uses of
+  a variable named ``ex``/``executor`` (a ClusterExecutor), ``future`` or ``config``.
 """
 
 from __future__ import annotations
@@ -37,9 +38,11 @@ import ast
 import contextlib
 import functools
 import importlib
+import inspect
 import io
 import json
 import os
+import re
 import tempfile
 import traceback
 import types
@@ -693,16 +696,42 @@ def _missing_clustrix_names(tree: ast.AST) -> list[str]:
             for alias in node.names:
                 if alias.name.split(".")[0] == "clustrix":
                     module_of(alias.name)
-        elif (
-            isinstance(node, ast.Attribute)
-            and isinstance(node.value, ast.Name)
-            and node.value.id == "clustrix"
-        ):
-            import clustrix
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            owner = _CONVENTIONAL_NAMES.get(node.value.id)
+            if owner is not None:
+                import clustrix
 
-            if not hasattr(clustrix, node.attr):
-                problems.append(f"clustrix has no {node.attr!r}")
+                obj = clustrix if owner == "clustrix" else getattr(clustrix, owner)
+                if not _has_attribute(obj, node.attr):
+                    problems.append(f"{node.value.id}.{node.attr}: {owner} has no {node.attr!r}")
     return problems
+
+
+def _has_attribute(obj: Any, name: str) -> bool:
+    """``hasattr``, counting what instances get in ``__init__`` (``self.name = ...``) and
+    the fields of a pydantic model."""
+    if hasattr(obj, name) or name in getattr(obj, "model_fields", {}):
+        return True
+    if not isinstance(obj, type):
+        return False
+    for cls in obj.__mro__:
+        try:
+            source = inspect.getsource(cls)
+        except (OSError, TypeError):
+            continue
+        if re.search(rf"\bself\.{re.escape(name)}\s*(:[^=]*)?=[^=]", source):
+            return True
+    return False
+
+
+#: Variable names the pages use for one thing only, so ``ex.subimt(...)`` is caught too.
+_CONVENTIONAL_NAMES = {
+    "clustrix": "clustrix",
+    "ex": "ClusterExecutor",
+    "executor": "ClusterExecutor",
+    "future": "ClusterFuture",
+    "config": "ClusterConfig",
+}
 
 
 def check_api_complete(app: Sphinx, env: Any) -> None:
