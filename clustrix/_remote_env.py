@@ -2,29 +2,52 @@
 archive and the virtual environment, each prepared at most once per executor.
 
 It runs commands through the engine's ``run`` (so they are counted) and moves files through
-the transport; it knows nothing of schedulers or futures.
+the transport; it knows nothing of schedulers or futures. On a shared cluster every other
+user can read every command line (``ps``): scripts that carry a value of
+``environment_variables`` travel on stdin, and what is created is private (umask 077); the
+work directory is checked before anything is written (:mod:`clustrix._dircheck`, see
+docs/security.md).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
+import json
+import logging
 import re
 import shlex
+import stat
 import sys
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
+from . import _dircheck
 from .config import ClusterConfig
-from .errors import PackagingError, TransportError
+from .errors import ConfigError, PackagingError, TransportError
 from .packaging import READY_MARKER, EnvironmentPlan, env_build_script
 from .schedulers.base import setup_lines
 from .transports.base import CommandResult, Transport
 
 __all__ = ["RemoteEnvironment"]
 
+log = logging.getLogger("clustrix")
+
 RunCommand = Callable[..., Awaitable[CommandResult]]
-_VERSION_PROBE = 'import sys; print("CLUSTRIX-PY %d.%d" % sys.version_info[:2])'
+#: ``sh -c`` program that runs the script on its stdin: the script never shows in ``ps``.
+#: ``$(cat)`` reads all of it first, so nothing the script starts can eat the rest of it.
+RUN_STDIN = 'eval "$(cat)"'
+#: Values of environment_variables shorter than this are not hidden in error messages.
+_MIN_REDACTED = 4
+_FIX = "e.g. $SCRATCH/$USER/clustrix (clustrix creates it, mode 0700)"
+
+
+@functools.cache
+def _dircheck_source() -> bytes:
+    return inspect.getsource(_dircheck).encode()
 
 
 class RemoteEnvironment:
@@ -53,28 +76,26 @@ class RemoteEnvironment:
         self._setup: Sequence[str] = setup_lines(config.module_loads, config.environment_variables)
         # (code hash, env hash) -> its preparation: concurrent submissions wait for one
         self._prepared: dict[tuple[str, str], asyncio.Future[tuple[str, str | None]]] = {}
+        #: The work directory's key (from check_python_and_layout): environments are named
+        #: by a keyed hash, so that their names (in every job's command line) reveal nothing
+        #: of the values of environment_variables that went into them.
+        self._key = b""
 
     async def check_python_and_layout(self) -> bool:
-        """One round trip: create the work directories, check the Python on the cluster
-        (same minor version as here: pickled code depends on it), and whether the worker
-        runtime is already there (returned)."""
+        """One round trip: check the Python on the cluster (same minor version as here:
+        pickled code depends on it); then check and create the work directories, read the
+        work directory's key, and tell whether the worker runtime is already there
+        (returned). Nothing is written into a directory that is refused."""
         q = shlex.quote
-        dirs = " ".join(q(f"{self.work_dir}/{d}") for d in ("jobs", "runtime", "code", "envs"))
-        script = "\n".join(
-            [
-                f"umask 077; mkdir -p {dirs} || exit 3",
-                f"{q(self.python)} -c {q(_VERSION_PROBE)} 2>&1 || echo CLUSTRIX-PY-MISSING",
-                f"test -f {q(self.worker_path)} && echo CLUSTRIX-RUNTIME-OK; exit 0",
-            ]
+        here = f"{sys.version_info.major}.{sys.version_info.minor}"
+        argv = [self.python, "-c", _dircheck.BOOTSTRAP, here, self.work_dir, self.worker_path]
+        result = await self._run(
+            ["sh", "-c", " ".join(map(q, argv)) + " 2>&1"],
+            counts_as="setup",
+            stdin=_dircheck_source(),
         )
-        result = await self._run(["sh", "-c", script], counts_as="setup")
         where = self.transport.location
-        if result.returncode == 3:
-            raise TransportError(
-                f"cannot create remote_work_dir {self.work_dir!r} on {where}: "
-                f"{result.stderr.strip()}; choose a writable remote_work_dir"
-            )
-        found = re.search(r"CLUSTRIX-PY (\d+\.\d+)", result.stdout)
+        found = re.search(r"^CLUSTRIX-PY (\d+\.\d+)$", result.stdout, re.MULTILINE)
         if found is None:
             detail = "\n".join(
                 line for line in result.stdout.splitlines() if not line.startswith("CLUSTRIX-")
@@ -82,17 +103,78 @@ class RemoteEnvironment:
             raise PackagingError(
                 f"python_executable {self.python!r} does not run on {where}"
                 f"{': ' + detail[-500:] if detail else ''}; set python_executable to the "
-                "cluster's Python (same minor version as here: "
-                f"{sys.version_info.major}.{sys.version_info.minor})"
+                f"cluster's Python (same minor version as here: {here})"
             )
-        here = f"{sys.version_info.major}.{sys.version_info.minor}"
         if found.group(1) != here:
             raise PackagingError(
                 f"the cluster's Python ({self.python!r} on {where}) is {found.group(1)}, this "
                 f"one is {here}: pickled code only runs on the same minor version; set "
                 f"python_executable to a Python {here} on the cluster"
             )
-        return "CLUSTRIX-RUNTIME-OK" in result.stdout
+        facts = _facts(result.stdout)
+        if "UNSAFE" in facts:
+            raise ConfigError(self._unsafe_message(facts["UNSAFE"]))
+        if "CANNOT" in facts:
+            cannot = facts["CANNOT"]
+            raise TransportError(
+                f"cannot create remote_work_dir {self.work_dir!r} on {where}: "
+                f"{cannot['path']}: {cannot['error']}; choose a writable remote_work_dir"
+            )
+        if "DIRS-OK" not in facts:
+            raise TransportError(
+                f"checking remote_work_dir {self.work_dir!r} on {where} failed (exit status "
+                f"{result.returncode}): {result.stdout.strip()[-1000:]}"
+            )
+        for made_private in facts.get("PRIVATE", []):
+            log.warning(
+                "clustrix: %s on %s was mode %s; made it private (0700)",
+                made_private["path"],
+                where,
+                f"{made_private['mode'] & 0o7777:04o}",
+            )
+        self._key = bytes.fromhex(facts["KEY"])
+        return "RUNTIME-OK" in facts
+
+    def _unsafe_message(self, fact: dict[str, Any]) -> str:
+        """Why the work directory is refused, naming the directory, owner, mode and fix."""
+        path, user, owner, mode = fact["path"], fact["user"], fact["owner"], fact["mode"]
+        seen = f"{path} (owner {owner}, mode {mode & 0o7777:04o}, {stat.filemode(mode)})"
+        kind = fact["kind"]
+        fix = f"Set remote_work_dir to a private directory of {user}'s own, {_FIX}"
+        if kind == "owner":
+            why = (
+                f"{seen} belongs to another user, who could change what your jobs import "
+                f"and run code as {user}"
+            )
+        elif kind == "writable":
+            why = (
+                f"{seen} may be written by group or others: what they put there would run as {user}"
+            )
+            fix = f"Check what is in it, then 'chmod 700 {path}'; or s{fix[1:]}"
+        elif kind in ("parent-owner", "link-owner"):
+            why = (
+                f"{seen}, on the way to it, belongs to {owner}, who could put a directory "
+                "of their own in its place"
+            )
+        elif kind == "parent-writable":
+            why = (
+                f"{seen}, on the way to it, may be written by group or others and has no "
+                "sticky bit: they could put a directory of their own in its place"
+            )
+        else:  # not-dir
+            why = f"{seen} is not a directory"
+        return (
+            f"remote_work_dir {self.work_dir!r} on {self.transport.location} is not safe to "
+            f"run code from: {why}. Nothing was written. {fix}"
+        )
+
+    def redact(self, text: str) -> str:
+        """``text`` without the values of environment_variables (pip and shells may echo
+        them into what becomes an error message)."""
+        for name, value in self.config.environment_variables.items():
+            if len(value) >= _MIN_REDACTED:
+                text = text.replace(value, f"<environment_variables[{name!r}]>")
+        return text
 
     async def prepare(self, plan: EnvironmentPlan | None) -> tuple[str, str | None]:
         """Make sure the plan's code and environment exist on the cluster, once per
@@ -100,7 +182,9 @@ class RemoteEnvironment:
         to run and the code directory to put on PYTHONPATH."""
         if plan is None:
             return self.python, None
-        env_hash = plan.env_hash(self.python, self._setup) if self._needs_env(plan) else ""
+        env_hash = (
+            plan.env_hash(self.python, self._setup, key=self._key) if self._needs_env(plan) else ""
+        )
         key = (plan.code_hash, env_hash)
         prepared = self._prepared.get(key)
         if prepared is None:
@@ -140,9 +224,10 @@ class RemoteEnvironment:
         tmp = f"{code_dir}.{uuid.uuid4().hex}"
         await self.transport.write_bytes(f"{tmp}.tar.gz", plan.archive, mode=0o600)
         # Unpack beside the final name, then rename: a half-unpacked archive is never used,
-        # and a concurrent upload of the same hash simply loses the race.
+        # and a concurrent upload of the same hash simply loses the race. umask 077 and the
+        # archive's own 0600: private for a user and for root (whose tar keeps the modes).
         script = (
-            f'set -e; tmp={q(tmp)}; mkdir -p "$tmp"; tar -xzf "$tmp.tar.gz" -C "$tmp"; '
+            f'set -e; umask 077; tmp={q(tmp)}; mkdir -p "$tmp"; tar -xzf "$tmp.tar.gz" -C "$tmp"; '
             f'touch "$tmp/.complete"; rm -f "$tmp.tar.gz"; '
             f'mv -T "$tmp" {q(code_dir)} 2>/dev/null || rm -rf "$tmp"'
         )
@@ -167,13 +252,38 @@ class RemoteEnvironment:
             timeout_s=int(timeout_s),
         )
         self.stats["commands.sh:env-build"] += 1
-        result = await self.transport.run(["sh", "-c", script], timeout_s=timeout_s)
+        # On stdin: the script exports the values of environment_variables.
+        result = await self.transport.run(
+            ["sh", "-c", RUN_STDIN, "clustrix-env-build"],
+            stdin=script.encode(),
+            timeout_s=timeout_s,
+        )
         if not result.ok:
             raise PackagingError(
                 f"building the environment {env_dir} on {self.transport.location} failed "
                 f"(exit status {result.returncode}); requirements: "
                 f"{', '.join(plan.requirements)}\n--- pip's output (tail) ---\n"
-                f"{result.stderr.strip()[-3000:]}"
+                f"{self.redact(result.stderr.strip()[-3000:])}"
             )
         if "CLUSTRIX-ENV built" in result.stdout:
             self.stats["packaging.env_builds"] += 1
+
+
+def _facts(stdout: str) -> dict[str, Any]:
+    """The ``CLUSTRIX-<WORD> [json]`` lines of the directory check (see _dircheck), by word;
+    ``PRIVATE`` may come several times (a list), the others once."""
+    facts: dict[str, Any] = {}
+    for line in stdout.splitlines():
+        word, _, rest = line.partition(" ")
+        if not word.startswith("CLUSTRIX-"):
+            continue
+        word = word[len("CLUSTRIX-") :]
+        if word == "KEY":
+            facts[word] = rest.strip()
+        elif word == "PRIVATE":
+            facts.setdefault(word, []).append(json.loads(rest))
+        elif rest.startswith("{"):
+            facts[word] = json.loads(rest)
+        else:
+            facts[word] = rest
+    return facts

@@ -22,6 +22,7 @@ import ast
 import dis
 import functools
 import hashlib
+import hmac
 import importlib.metadata
 import importlib.util
 import io
@@ -86,9 +87,15 @@ class EnvironmentPlan:
         """The local code as a deterministic tar archive."""
         return self._archive
 
-    def env_hash(self, python: str, setup: Sequence[str] = ()) -> str:
-        """Hash naming the virtual environment: base Python, requirements, setup lines."""
+    def env_hash(self, python: str, setup: Sequence[str] = (), *, key: bytes = b"") -> str:
+        """Hash naming the virtual environment: base Python, requirements, setup lines.
+
+        With ``key`` (the work directory's secret) an HMAC: the name shows up in every job's
+        command line, and a plain hash of setup lines holding a secret value would let
+        anyone test guesses of that value against it."""
         text = json.dumps([self.python_version, python, list(self.requirements), list(setup)])
+        if key:
+            return hmac.new(key, text.encode(), hashlib.sha256).hexdigest()[:16]
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def summary(self) -> str:
@@ -405,7 +412,8 @@ def _archive(files: dict[str, bytes]) -> tuple[str, bytes]:
             data = files[name]
             digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
             info = tarfile.TarInfo(name)
-            info.size, info.mode, info.mtime = len(data), 0o644, 0
+            # 0600: a root's tar keeps the archive's modes whatever the umask
+            info.size, info.mode, info.mtime = len(data), 0o600, 0
             tar.addfile(info, io.BytesIO(data))
     # gzip stores no name or time for a fileobj: the bytes depend on the content only
     return digest.hexdigest()[:16], buffer.getvalue()
@@ -428,12 +436,15 @@ def env_build_script(
     Concurrent builders (two executors, two processes) serialise on ``flock``; whoever gets
     the lock second finds the ready marker and does nothing. The marker is written last,
     so a failed build is never reused. Prints ``CLUSTRIX-ENV cached`` or ``... built``;
-    every real build appends a line to ``<env_dir>.builds``.
+    every real build appends a line to ``<env_dir>.builds``. Everything it creates is
+    private (umask 077: venv and pip honour it, for root too). It exports the values of
+    ``environment_variables`` (``setup_lines``): run it from stdin, never as ``sh -c``.
     """
     q = shlex.quote
     return "\n".join(
         [
             "set -eu",
+            "umask 077",
             f"env_dir={q(env_dir)}",
             'exec 9>"$env_dir.lock"',
             f"flock -w {int(timeout_s)} 9 || {{ echo 'timed out waiting for the build lock' >&2;"

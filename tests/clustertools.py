@@ -12,7 +12,7 @@ import shutil
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
@@ -78,10 +78,7 @@ def require_cluster(*, ssh: bool = True, slurm: bool = True) -> TestCluster:
     """The test cluster, or skip (fail under CI=true) saying how to start it."""
     problem = _cluster_problem(ssh, slurm)
     if problem is not None:
-        message = f"test cluster not available: {problem}; {START_HINT}"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message + " (CI=true: the cluster tests must run)")
-        pytest.skip(message)
+        _unavailable(f"test cluster not available: {problem}; {START_HINT}")
     return test_cluster()
 
 
@@ -108,6 +105,39 @@ def backend_config(backend: str, tmp_path: Path, **overrides: Any) -> ClusterCon
         cluster = require_cluster(ssh=True, slurm=False)
         return cluster.ssh_config(cluster_type="slurm", remote_work_dir="~/.clustrix-tests", **fast)
     raise ValueError(backend)
+
+
+def _unavailable(message: str) -> NoReturn:
+    """Skip the test saying why; with ``CI=true`` fail it instead (CI must run it)."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message + " (CI=true: these tests must run)")
+    pytest.skip(message)
+
+
+#: The second unprivileged user of the shared-cluster tests: the neighbour.
+NEIGHBOUR = "clustrix-neighbour"
+
+
+def require_neighbour() -> int:
+    """The neighbour's uid; the user is created (idempotently) if missing, which needs
+    root, as does giving it directories: skips without root (fails under CI=true)."""
+    import pwd
+    import subprocess
+
+    if os.geteuid() != 0:
+        _unavailable(f"the shared-cluster tests need root (to create user {NEIGHBOUR})")
+    try:
+        return pwd.getpwnam(NEIGHBOUR).pw_uid
+    except KeyError:
+        pass
+    result = subprocess.run(
+        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", NEIGHBOUR],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode not in (0, 9):  # 9: made meanwhile, by a concurrent test run
+        _unavailable(f"cannot create user {NEIGHBOUR}: {result.stderr.strip()}")
+    return pwd.getpwnam(NEIGHBOUR).pw_uid
 
 
 def ssh_run(command: str) -> str:

@@ -167,10 +167,7 @@ class SSHSession:
                 "check the host or update known_hosts"
             ) from exc
         except asyncssh.PermissionDenied as exc:
-            raise TransportError(
-                f"authentication as {self.location} refused ({exc.reason}): "
-                "check username, key_file, password or the SSH agent"
-            ) from exc
+            raise TransportError(await self._refusal(exc.reason, options)) from exc
         except asyncio.TimeoutError as exc:  # before OSError: it is one on Python >= 3.11
             raise ConnectionLostError(
                 f"connection to {self._where} timed out after {self._connect_timeout_s} s: "
@@ -192,6 +189,45 @@ class SSHSession:
             raise ConnectionLostError(f"cannot connect to {self.location}: {exc}") from exc
         except (asyncssh.Error, ValueError) as exc:  # unreadable keys, bad config, ...
             raise TransportError(f"cannot connect to {self.location}: {exc}") from exc
+
+    async def _refusal(self, reason: str, options: dict[str, Any]) -> str:
+        """Why authentication was refused, as far as the client side can tell: the user
+        really tried (``~/.ssh/config``'s ``User`` counts) and the keys asyncssh skipped."""
+        user, config_keys, agent = self._username or getpass.getuser(), [], ""
+        try:  # what asyncssh.connect resolved; config=(): read ~/.ssh/config, as it does
+            resolved = await asyncssh.SSHClientConnectionOptions.construct(
+                config=(), host=self._host, **options
+            )
+        except (asyncssh.Error, OSError, ValueError):
+            resolved = None
+        if resolved is not None:
+            user = resolved.username
+            config_keys = [str(k) for k in resolved.config.get("IdentityFile", ())]
+            agent = resolved.agent_path or ""
+        message = f"authentication as {user}@{self._where} refused ({reason})"
+        if self._key_file is not None:
+            return (
+                f"{message}: check username, key_file ({self._key_file}), password or the SSH agent"
+            )
+        if config_keys:
+            where, candidates = "IdentityFile in ~/.ssh/config", config_keys
+        else:
+            where = "default key"
+            candidates = [f"~/.ssh/{name}" for name in ("id_ed25519", "id_ecdsa", "id_rsa")]
+        locked = [path for path in candidates if _is_encrypted(os.path.expanduser(path))]
+        if locked:
+            helper = (
+                f"the SSH agent at {agent} does not hold it"
+                if agent
+                else "no SSH agent runs (SSH_AUTH_SOCK is not set)"
+            )
+            return (
+                f"{message}: the {where} {', '.join(locked)} is passphrase-protected and "
+                "was skipped (asyncssh uses an encrypted key only when given its passphrase, "
+                f"which clustrix cannot type), and {helper}: load it into an agent "
+                f"(ssh-add {locked[0]}) or set key_file to an unencrypted key"
+            )
+        return f"{message}: check username, key_file, password or the SSH agent"
 
     @contextlib.contextmanager
     def translated(
@@ -230,3 +266,16 @@ class SSHSession:
                     f"connection to {self.location} lost: {what}: {exc}"
                 ) from exc
             raise TransportError(f"{what} on {self.location} failed: {exc}") from exc
+
+
+def _is_encrypted(path: str) -> bool:
+    """True if ``path`` is a private key that needs a passphrase."""
+    if not os.path.isfile(path):
+        return False
+    try:
+        asyncssh.read_private_key(path)
+    except asyncssh.KeyImportError as exc:
+        return "assphrase" in str(exc)  # "Passphrase must be specified to import ..."
+    except (OSError, ValueError):
+        return False
+    return False

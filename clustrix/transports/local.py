@@ -42,7 +42,11 @@ class LocalTransport(Transport):
         stdin: bytes | None = None,
         errors: str = "replace",
     ) -> CommandResult:
-        """Run ``argv`` in a new session, so a Ctrl-C in the user's terminal spares the jobs."""
+        """Run ``argv`` in a new session, so a Ctrl-C in the user's terminal spares the jobs.
+
+        With umask 077, as submissions over SSH have it (the engine unpacks and submits
+        under umask 077 there): what the command and the jobs it starts create (logs, the
+        ``__pycache__`` of shipped code) is private."""
         args = list(argv)
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -51,6 +55,7 @@ class LocalTransport(Transport):
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,
+                umask=0o077,
             )
         except FileNotFoundError as exc:
             raise TransportError(f"command not found: {args[0]!r}") from exc

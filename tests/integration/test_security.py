@@ -3,6 +3,7 @@ password, host keys checked, ~/.ssh/config honoured."""
 
 from __future__ import annotations
 
+import getpass
 import json
 import logging
 import os
@@ -304,3 +305,28 @@ def test_ssh_config_hostname_user_identity_and_known_hosts_are_honoured(
     ) as executor:
         assert repr(executor).startswith(f"<ClusterExecutor slurm on {cluster.user}@{ALIAS}")
         assert executor.submit(jf.square, 5).result(timeout=JOB_TIMEOUT_S) == 25
+
+
+@pytest.mark.cluster
+def test_a_locked_identity_file_is_named_with_the_user_really_tried(
+    ssh_config_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A passphrase-protected IdentityFile, no agent, no passphrase given: asyncssh skips the
+    # key. The error names the User of ~/.ssh/config (not the local user), the key, the fix.
+    cluster = require_cluster(slurm=False)
+    locked = ssh_config_home / ".ssh" / "id_locked"
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "a passphrase", "-f", str(locked)],
+        check=True,
+    )
+    config = ssh_config_home / ".ssh" / "config"
+    config.write_text(config.read_text().replace(str(cluster.key_file), str(locked)))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    with pytest.raises(TransportError) as info:
+        ClusterExecutor(cluster_type="slurm", cluster_host=ALIAS, known_hosts=cluster.known_hosts)
+    message = str(info.value)
+    assert f"authentication as {cluster.user}@{ALIAS} refused" in message, message
+    assert f"IdentityFile in ~/.ssh/config {locked} is passphrase-protected" in message
+    assert f"ssh-add {locked}" in message and "SSH_AUTH_SOCK is not set" in message
+    if getpass.getuser() != cluster.user:
+        assert f"{getpass.getuser()}@" not in message
