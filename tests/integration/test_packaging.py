@@ -2,24 +2,35 @@
 
 A temporary project (a local package of two modules, one importing the other, and a script
 whose ``__main__`` function uses it and a small PyPI package the test user does not have)
-runs on SLURM over SSH, where the node has nothing but Debian's python3.
+runs on SLURM over SSH, where the node has nothing but Debian's python3. So do calls whose
+functions travel inside their arguments (``arglab``, client-only), and user code that uses
+clustrix itself on the node (``clustrixuser``).
 """
 
 from __future__ import annotations
 
+import collections
+import functools
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
+import argcallers
+import arglab
+import clustrixuser
 import pytest
 from clustertools import require_cluster, ssh_run
 
 from clustrix import ClusterExecutor, PackagingError
+from clustrix._serialize import dumps_call
+from clustrix.packaging import EnvironmentPlan
 
 pytestmark = pytest.mark.cluster
 
@@ -200,3 +211,75 @@ def test_plan_lists_local_code_and_pinned_requirements(project: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "mylab" in result.stdout
     assert "annotated_types==" in result.stdout.replace("-", "_")
+
+
+# --------------------------------------------------------------------------- inside arguments
+def tasks_of(*xs: int) -> collections.deque[Any]:
+    """Work for ``argcallers.call_each``: partials of a client-only function and an object of
+    a client-only class, in a container the walk over live objects does not open."""
+    return collections.deque(
+        [*(functools.partial(arglab.tenfold, x) for x in xs), arglab.Offset(1)]
+    )
+
+
+def scan_payloads(executor: ClusterExecutor, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What executor.py does once wired (Packager.add_payloads after pickling), by hand."""
+    packager = executor._packager
+    assert packager is not None
+    walk = executor._plan
+
+    def plan(fn: Any, calls: list[tuple[Any, ...]], kwargs: dict[str, Any]) -> EnvironmentPlan:
+        walked = walk(fn, calls, kwargs)
+        assert walked is not None
+        return packager.add_payloads(walked, [dumps_call(fn, tuple(a), kwargs) for a in calls])
+
+    monkeypatch.setattr(executor, "_plan", plan)
+
+
+def shipped(plan: EnvironmentPlan | None) -> list[str]:
+    assert plan is not None
+    return [m.name for m in plan.local_modules]
+
+
+def test_function_inside_an_argument_runs_remotely(
+    make: Callable[..., ClusterExecutor], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    executor = make("slurm-ssh")
+    packager = executor._packager
+    assert packager is not None
+    tasks = tasks_of(3, 4)
+    assert shipped(packager.plan(argcallers.call_each, [tasks])) == ["argcallers"]  # the walk
+    scan_payloads(executor, monkeypatch)
+    plan = executor._plan(argcallers.call_each, [(tasks,)], {})
+    assert shipped(plan) == ["argcallers", "arglab"]  # the walk, then the payload's scan
+    assert executor.submit(argcallers.call_each, tasks).result(timeout=300) == [30, 40, 2]
+    results = executor.map(argcallers.call_each, [tasks_of(1), tasks_of(2, 5)], timeout=300)
+    assert list(results) == [[10, 2], [20, 50, 2]]
+
+
+@pytest.mark.xfail(strict=True, reason="wired in executor.py by the lead")
+def test_function_inside_an_argument_through_the_executor(
+    make: Callable[..., ClusterExecutor],
+) -> None:
+    """Unwired, the call fails on the node: ModuleNotFoundError: No module named 'arglab'."""
+    executor = make("slurm-ssh")
+    assert executor.submit(argcallers.call_each, tasks_of(5)).result(timeout=300) == [50, 2]
+    results = executor.map(argcallers.call_each, [tasks_of(6), tasks_of(7)], timeout=300)
+    assert list(results) == [[60, 2], [70, 2]]
+    assert "arglab" in shipped(executor.plan_environment(argcallers.call_each, tasks_of(5)))
+
+
+# --------------------------------------------------------------------------- clustrix on the node
+@pytest.mark.timeout(1500)
+def test_user_code_importing_clustrix_finds_its_dependencies_on_the_node(
+    make: Callable[..., ClusterExecutor],
+) -> None:
+    executor = make("slurm-ssh", env_build_timeout_s=1200)
+    plan = executor.plan_environment(clustrixuser.config_on_the_node, 3)
+    pinned = {re.sub(r"[-_.]+", "-", r.partition("==")[0]).lower() for r in plan.requirements}
+    assert {"pydantic", "pydantic-settings", "asyncssh", "pyyaml"} <= pinned
+    assert "clustrix" not in pinned and "cloudpickle" not in pinned  # in the runtime zip
+    found = executor.submit(clustrixuser.config_on_the_node, 3).result(timeout=1200)
+    assert (found["cores"], found["cluster_type"]) == (3, "local")
+    assert ".zip" in str(found["clustrix_from"])  # the worker runtime's clustrix
+    assert "/envs/" in str(found["pydantic_settings_from"])  # installed in the environment
