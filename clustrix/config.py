@@ -1,11 +1,14 @@
 """Configuration: :class:`ClusterConfig` and the per-call :class:`Resources`.
 
-Sources, lowest to highest priority: defaults < a YAML/TOML file (``ClusterConfig.from_file``)
-< ``CLUSTRIX_*`` environment variables < explicit arguments. A ``ClusterConfig(...)`` built
-directly in code reads no environment: it is exactly what it says. ``ClusterConfig.load()``
-(which ``ClusterExecutor()`` uses when given no config) merges all sources.
+``ClusterConfig`` is a pydantic-settings model. Sources, lowest to highest priority: defaults
+< a YAML/TOML file (``ClusterConfig.from_file(path)`` / ``load(path)``, else
+``$CLUSTRIX_CONFIG``) < ``CLUSTRIX_<FIELD>`` environment variables < explicit arguments. A bare
+``ClusterConfig()`` reads them all, as ``ClusterConfig.load()`` does; mapping fields
+(``environment_variables``) merge key by key across sources, the higher source winning a key.
+A copy (``with_overrides``) reads no source again: it is the config it copies, changed.
 
-This module knows nothing of transports, schedulers or the executor.
+This module knows nothing of transports, schedulers or the executor; the node imports it only
+when the user's code does (it needs pydantic and pydantic-settings).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import os
 import re
 import sys
 from collections.abc import Mapping
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -28,7 +32,10 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from ._wire import CHECKPOINT_SIGNAL_ENV
 from .backends import available_backends, check_cluster_type
 from .errors import ConfigError
 
@@ -39,8 +46,14 @@ __all__ = ["CLUSTER_TYPES", "ClusterConfig", "Resources"]
 CLUSTER_TYPES = available_backends()
 
 ENV_PREFIX = "CLUSTRIX_"
-#: CLUSTRIX_* variables that are not config fields.
-_RESERVED_ENV = {"CLUSTRIX_CONFIG"}
+#: CLUSTRIX_* variables that are not config fields: the config file's name, and what the job
+#: script sets for the worker (user code on the node may build a ClusterConfig() there).
+_RESERVED_ENV = {"CLUSTRIX_CONFIG", CHECKPOINT_SIGNAL_ENV, "CLUSTRIX_MAX_RESULT_BYTES"}
+#: The file ``ClusterConfig.load(path)`` reads instead of ``$CLUSTRIX_CONFIG``, for the
+#: duration of that call (a settings source cannot be given arguments per instance).
+_CONFIG_FILE: ContextVar[Path | None] = ContextVar("clustrix_config_file", default=None)
+#: False while ``with_overrides`` validates a copy: only its explicit values count.
+_READ_SOURCES: ContextVar[bool] = ContextVar("clustrix_read_sources", default=True)
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Characters sbatch's #SBATCH parser or its %-patterns would mangle in a path.
@@ -114,13 +127,20 @@ class Resources(_Model):
 RESOURCE_FIELDS = tuple(Resources.model_fields)
 
 
-class ClusterConfig(Resources):
+class ClusterConfig(Resources, BaseSettings):
     """Everything an executor needs to know: where the cluster is and what jobs ask for.
 
     The resource fields (``cores``, ``mem_gb``, ``time_limit_min``, ``gpus``, ``partition``,
     ``account``, ``qos``, ``extra_directives``, ``job_name``) are the defaults of every job;
     ``ClusterExecutor.options(...)`` overrides them per call.
+
+    Explicit arguments > ``CLUSTRIX_<FIELD>`` variables > the config file (``load(path)``,
+    else ``$CLUSTRIX_CONFIG``) > defaults; see :meth:`settings_customise_sources`.
     """
+
+    model_config = SettingsConfigDict(
+        extra="forbid", validate_assignment=True, env_prefix=ENV_PREFIX, env_nested_delimiter="__"
+    )
 
     cluster_type: str = Field("local", description=f"One of {', '.join(CLUSTER_TYPES)}.")
     cluster_host: str | None = Field(
@@ -257,8 +277,8 @@ class ClusterConfig(Resources):
     @field_validator("max_workers")
     @classmethod
     def _positive_workers(cls, value: int | None) -> int | None:
-        if value is not None and value < 1:
-            raise ValueError("max_workers must be at least 1 (or None for the default)")
+        if value is not None and value < 1:  # CPython's executors say the same
+            raise ValueError("max_workers must be greater than 0 (at least 1, or None)")
         return value
 
     @field_validator("remote_work_dir")
@@ -286,6 +306,20 @@ class ClusterConfig(Resources):
         return value
 
     # ----------------------------------------------------------------------------------
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Highest priority first: explicit arguments, ``CLUSTRIX_*`` variables, the file;
+        clustrix's own sources keep the documented forms (comma-separated lists, ``__`` keys,
+        a ``[clustrix]`` table) and name an unknown variable or a bad file in a ConfigError."""
+        return init_settings, _EnvironmentSource(settings_cls), _ConfigFileSource(settings_cls)
+
     def resources(self, **overrides: Any) -> Resources:
         """The default job resources, with ``overrides`` applied and validated."""
         data = {name: getattr(self, name) for name in RESOURCE_FIELDS}
@@ -303,7 +337,11 @@ class ClusterConfig(Resources):
             return self
         data = self.model_dump()
         data.update(overrides)
-        return build(ClusterConfig, data)
+        token = _READ_SOURCES.set(False)  # the fields as they are: no source read again
+        try:
+            return build(ClusterConfig, data)
+        finally:
+            _READ_SOURCES.reset(token)
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str], **overrides: Any) -> ClusterConfig:
@@ -315,18 +353,34 @@ class ClusterConfig(Resources):
 
     @classmethod
     def load(cls, path: str | os.PathLike[str] | None = None, **overrides: Any) -> ClusterConfig:
-        """Merge defaults < file (``path`` or ``$CLUSTRIX_CONFIG``) < environment < overrides."""
-        data: dict[str, Any] = {}
-        path = path if path is not None else os.environ.get("CLUSTRIX_CONFIG") or None
-        if path is not None:
-            data.update(read_config_file(Path(path)))
-        for name, value in config_from_env(os.environ).items():
-            # CLUSTRIX_ENVIRONMENT_VARIABLES__FOO=bar sets one key, keeping the file's others
-            if isinstance(value, dict) and isinstance(data.get(name), Mapping):
-                value = {**data[name], **value}
-            data[name] = value
-        data.update(overrides)
-        return build(cls, data)
+        """Merge defaults < file (``path`` or ``$CLUSTRIX_CONFIG``) < environment < overrides.
+
+        ``ClusterConfig.load(**overrides)`` is ``ClusterConfig(**overrides)``."""
+        token = _CONFIG_FILE.set(Path(path) if path is not None else None)
+        try:
+            return cls(**overrides)
+        finally:
+            _CONFIG_FILE.reset(token)
+
+
+class _WholeSource(PydanticBaseSettingsSource):
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # unused: __call__ reads the source whole
+
+
+class _EnvironmentSource(_WholeSource):
+    """The ``CLUSTRIX_<FIELD>`` variables (:func:`config_from_env`)."""
+
+    def __call__(self) -> dict[str, Any]:
+        return config_from_env(os.environ) if _READ_SOURCES.get() else {}
+
+
+class _ConfigFileSource(_WholeSource):
+    """The file ``ClusterConfig.load(path)`` names, else ``$CLUSTRIX_CONFIG``, if any."""
+
+    def __call__(self) -> dict[str, Any]:
+        path = _CONFIG_FILE.get() or os.environ.get("CLUSTRIX_CONFIG")
+        return read_config_file(Path(path)) if path and _READ_SOURCES.get() else {}
 
 
 def read_config_file(path: Path) -> dict[str, Any]:

@@ -92,7 +92,8 @@ def test_config_error_is_a_value_error() -> None:
         ("mem_gb", -1, "greater than 0"),
         ("time_limit_min", 0, "greater than or equal to 1"),
         ("gpus", -1, "greater than or equal to 0"),
-        ("max_workers", 0, "at least 1"),
+        ("max_workers", 0, "greater than 0"),
+        ("max_workers", -2, "at least 1"),
         ("poll_interval_min_s", 0, "greater than 0"),
         ("cleanup", "sometimes", "'on_success', 'always' or 'never'"),
         ("cores", "many", "valid integer"),
@@ -321,10 +322,88 @@ def test_clustrix_config_variable_names_the_file(
     assert_file_values(ClusterConfig.load())
 
 
-def test_direct_construction_reads_no_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bare_construction_reads_the_environment_as_load_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setenv("CLUSTRIX_CORES", "7")
-    assert ClusterConfig().cores == 1
-    assert ClusterConfig.load().cores == 7
+    monkeypatch.setenv("CLUSTRIX_MODULE_LOADS", "gcc/12,python/3.11")
+    monkeypatch.setenv("CLUSTRIX_ENVIRONMENT_VARIABLES__OMP_NUM_THREADS", "4")
+    config = ClusterConfig()
+    assert config.cores == 7
+    assert config.module_loads == ["gcc/12", "python/3.11"]
+    assert config.environment_variables == {"OMP_NUM_THREADS": "4"}
+    assert config == ClusterConfig.load()
+    assert ClusterConfig(cores=2).cores == 2  # explicit > environment
+
+
+def test_bare_construction_priority_defaults_file_env_explicit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write(tmp_path / "c.yaml", "cores: 2\npartition: filepart\nmem_gb: 4\nqos: fileqos\n")
+    monkeypatch.setenv("CLUSTRIX_CONFIG", str(path))
+    monkeypatch.setenv("CLUSTRIX_CORES", "3")
+    monkeypatch.setenv("CLUSTRIX_PARTITION", "envpart")
+    config = ClusterConfig(partition="argpart")
+    assert config.partition == "argpart"  # explicit > env
+    assert config.cores == 3  # env > file
+    assert (config.mem_gb, config.qos) == (4.0, "fileqos")  # file > default
+    assert config.time_limit_min is None  # default
+
+
+def test_bare_construction_reports_an_unknown_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLUSTRIX_CORSE", "3")
+    with pytest.raises(ConfigError, match="CLUSTRIX_CORSE names no config field"):
+        ClusterConfig()
+
+
+def test_bad_env_value_is_a_config_error_naming_the_field(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLUSTRIX_MAX_WORKERS", "0")
+    with pytest.raises(ConfigError) as info:
+        ClusterConfig()
+    assert "max_workers must be greater than 0" in str(info.value)
+    assert "(got '0')" in str(info.value)
+
+
+def test_variables_the_job_script_sets_are_not_config_fields(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """User code on the node may build a ClusterConfig() where the job exported these."""
+    monkeypatch.setenv("CLUSTRIX_MAX_RESULT_BYTES", "1000")
+    monkeypatch.setenv("CLUSTRIX_CHECKPOINT_SIGNAL", "USR2")
+    assert ClusterConfig() == ClusterConfig.model_construct()
+
+
+def test_explicit_mapping_keys_win_and_the_others_merge(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As pydantic-settings merges nested values: key by key, the higher source winning."""
+    monkeypatch.setenv("CLUSTRIX_ENVIRONMENT_VARIABLES__FOO", "env")
+    monkeypatch.setenv("CLUSTRIX_ENVIRONMENT_VARIABLES__BAR", "env")
+    config = ClusterConfig(environment_variables={"FOO": "arg"})
+    assert config.environment_variables == {"FOO": "arg", "BAR": "env"}
+
+
+def test_a_copy_reads_no_source_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CLUSTRIX_CORES", "3")
+    config = ClusterConfig()
+    monkeypatch.setenv("CLUSTRIX_PARTITION", "later")
+    monkeypatch.setenv("CLUSTRIX_CONFIG", str(tmp_path / "gone.yaml"))  # would not even read
+    copy = config.with_overrides(mem_gb=2)
+    assert (copy.cores, copy.partition, copy.mem_gb) == (3, None, 2.0)
+
+
+def test_load_path_wins_over_the_config_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CLUSTRIX_CONFIG", str(write(tmp_path / "env.yaml", "cores: 5\n")))
+    assert ClusterConfig.load(write(tmp_path / "arg.yaml", "cores: 6\n")).cores == 6
+    assert ClusterConfig().cores == 5  # the path was for that call only
+
+
+@pytest.mark.parametrize("bad", [0, -1])
+def test_max_workers_below_one_is_a_value_error_as_in_cpython(bad: int) -> None:
+    with pytest.raises(ValueError, match="max_workers must be greater than 0"):
+        ClusterConfig(max_workers=bad)
+    with pytest.raises(ValueError, match="max_workers must be greater than 0"):
+        ClusterConfig().with_overrides(max_workers=bad)
 
 
 @pytest.mark.parametrize(
