@@ -11,7 +11,15 @@ For a callable and its arguments it finds the modules the node must import:
   their classes stay the same classes;
 * installed distributions are pinned to the exact installed version, with the
   distributions they require, for a virtual environment built once per content hash;
-* the standard library (``sys.stdlib_module_names``) needs nothing.
+* the standard library (``sys.stdlib_module_names``) needs nothing;
+* clustrix and cloudpickle travel in the worker runtime zip; user code that imports a module
+  of clustrix's that needs more than the zip (``from clustrix import ClusterConfig``: pydantic)
+  gets clustrix's own requirements pinned; :mod:`clustrix.checkpoint` or a Checkpointable
+  subclass needs nothing.
+
+What a call names comes from its live objects and from its pickled payload
+(:mod:`clustrix._payload_scan`): :meth:`Packager.plan` reads the former before the call is
+pickled, :meth:`Packager.add_payloads` the latter after.
 
 Pure analysis and rendering: it never talks to a cluster (the engine runs what it renders).
 """
@@ -19,12 +27,8 @@ Pure analysis and rendering: it never talks to a cluster (the engine runs what i
 from __future__ import annotations
 
 import ast
-import dis
-import functools
 import hashlib
 import hmac
-import importlib.metadata
-import importlib.util
 import io
 import json
 import os
@@ -32,23 +36,39 @@ import re
 import shlex
 import sys
 import tarfile
-import types
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import cloudpickle
 
+from ._payload_scan import modules_in_pickle, modules_of_objects
+from ._requirements import (
+    REQ_NAME,
+    RUNTIME_PACKAGES,
+    clustrix_needs_dependencies,
+    dist_is_local,
+    distributions_of,
+    module_path,
+    pin,
+    pin_clustrix_dependencies,
+    stdlib,
+)
+from ._serialize import Payload
 from .errors import PackagingError
 
 __all__ = ["EnvironmentPlan", "LocalModule", "Packager", "env_build_script"]
 
-#: clustrix travels in the worker runtime zip, never as a requirement or as user code.
-_RUNTIME_PACKAGES = frozenset({"clustrix", "cloudpickle"})
-#: How deep the analysis walks into argument containers and referenced functions.
-_MAX_OBJECTS = 2000
-_REQ_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)")
+#: The pickled arguments of a submission scanned by add_payloads: every call's while their
+#: bytes add up to at most this (at least the first call's). A map of 10,000 calls of small
+#: arguments is read whole (40-60 ms, a third of pickling it); the worst case, arguments
+#: dense with small objects (floats in lists), stops after ~0.1 s. Measured, not guessed.
+_SCAN_BUDGET_BYTES = 16 * 2**20
+#: Distinct pickled functions whose scan is remembered (a burst of submit() pickles the same
+#: function again for every call); functions bigger than _SCAN_CACHE_MAX_BYTES are not.
+_SCAN_CACHE_SIZE = 256
+_SCAN_CACHE_MAX_BYTES = 2**20
 
 
 @dataclass(frozen=True)
@@ -81,6 +101,11 @@ class EnvironmentPlan:
     missing: tuple[str, ...]  # imported by the user's code but found nowhere here
     code_hash: str  # content hash of the local modules' files ("" if there are none)
     _archive: bytes = field(default=b"", repr=False, compare=False)
+    #: The module names it was planned from, and the top-level names it covers (what they
+    #: import included): add_payloads plans again only for a name beyond these.
+    _roots: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
+    _covered: frozenset[str] = field(default=frozenset(), repr=False, compare=False)
+    _clustrix_dependencies: bool = field(default=False, repr=False, compare=False)
 
     @property
     def archive(self) -> bytes:
@@ -114,104 +139,7 @@ class EnvironmentPlan:
         return self.summary()
 
 
-# ---------------------------------------------------------------------------- classification
-@functools.cache
-def _distributions_of() -> dict[str, list[str]]:
-    return dict(importlib.metadata.packages_distributions())
-
-
-@functools.cache
-def _dist_is_local(dist_name: str) -> bool:
-    """True for a distribution installed from a local directory (editable/development)."""
-    try:
-        text = importlib.metadata.distribution(dist_name).read_text("direct_url.json")
-    except importlib.metadata.PackageNotFoundError:
-        return False
-    if not text:
-        return False
-    info = json.loads(text)
-    return bool(info.get("dir_info", {}).get("editable")) or str(info.get("url", "")).startswith(
-        "file:"
-    )
-
-
-def _stdlib(top: str) -> bool:
-    return top in sys.stdlib_module_names or top in sys.builtin_module_names
-
-
-def _module_path(top: str) -> Path | None:
-    """Where the top-level module ``top`` lives (package dir or file), None if nowhere."""
-    module = sys.modules.get(top)
-    spec = getattr(module, "__spec__", None) if module is not None else None
-    if spec is None:
-        try:
-            spec = importlib.util.find_spec(top)
-        except (ImportError, ValueError):
-            return None
-    if spec is None:
-        return None
-    if spec.submodule_search_locations:
-        locations = list(spec.submodule_search_locations)
-        return Path(locations[0]) if locations else None
-    if spec.origin and spec.origin not in ("built-in", "frozen") and spec.origin.endswith(".py"):
-        return Path(spec.origin)
-    return None
-
-
-def _pin(dist_name: str, pins: dict[str, str]) -> None:
-    """Pin a distribution and, recursively, the installed distributions it requires."""
-    try:
-        dist = importlib.metadata.distribution(dist_name)
-    except importlib.metadata.PackageNotFoundError:
-        return
-    name = dist.metadata["Name"]
-    key = re.sub(r"[-_.]+", "-", name).lower()
-    if key in pins or key in _RUNTIME_PACKAGES:
-        return
-    pins[key] = f"{name}=={dist.version}"
-    for requirement in dist.requires or []:
-        required = _required_name(requirement)
-        if required:
-            _pin(required, pins)  # only what is installed here gets pinned
-
-
-def _required_name(requirement: str) -> str | None:
-    """The distribution a requirement names, or None if its marker excludes it here
-    (optional extras, other Python versions or platforms)."""
-    try:
-        from packaging.requirements import InvalidRequirement, Requirement
-    except ImportError:  # no 'packaging' here: skip extras, keep the rest
-        if "extra ==" in requirement.replace("extra==", "extra =="):
-            return None
-        match = _REQ_NAME.match(requirement)
-        return match.group(1) if match else None
-    try:
-        parsed = Requirement(requirement)
-    except InvalidRequirement:
-        return None
-    if parsed.marker is not None and not parsed.marker.evaluate({"extra": ""}):
-        return None
-    return str(parsed.name)
-
-
 # ---------------------------------------------------------------------------- what code needs
-def _imports_in_code(code: types.CodeType) -> Iterator[str]:
-    """Absolute module names imported by a code object and the code nested in it."""
-    for instruction in dis.get_instructions(code):
-        if instruction.opname == "IMPORT_NAME" and isinstance(instruction.argval, str):
-            yield instruction.argval
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            yield from _imports_in_code(const)
-
-
-def _names_in_code(code: types.CodeType) -> Iterator[str]:
-    yield from code.co_names
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            yield from _names_in_code(const)
-
-
 def _imports_in_source(path: Path, module_name: str) -> set[str]:
     """Modules imported anywhere in a source file (relative imports made absolute)."""
     try:
@@ -233,78 +161,6 @@ def _imports_in_source(path: Path, module_name: str) -> set[str]:
     return found
 
 
-def _by_reference(obj: Any) -> bool:
-    """Whether cloudpickle pickles ``obj`` by reference (the node must import its module)."""
-    should = getattr(cloudpickle.cloudpickle, "_should_pickle_by_reference", None)
-    if should is None:  # pragma: no cover - very old/new cloudpickle
-        return getattr(obj, "__module__", "__main__") != "__main__"
-    try:
-        return bool(should(obj))
-    except Exception:
-        return False
-
-
-def _modules_needed(roots: Iterable[Any]) -> set[str]:
-    """Module names the node must import to unpickle and run ``roots``."""
-    needed: set[str] = set()
-    seen: set[int] = set()
-    stack = list(roots)
-    while stack and len(seen) < _MAX_OBJECTS:
-        obj = stack.pop()
-        if id(obj) in seen:
-            continue
-        seen.add(id(obj))
-        if isinstance(obj, types.ModuleType):
-            needed.add(obj.__name__)
-            continue
-        if isinstance(obj, (str, bytes, int, float, complex, bool, type(None))):
-            continue
-        if isinstance(obj, (list, tuple, set, frozenset)):
-            stack.extend(obj)
-            continue
-        if isinstance(obj, dict):
-            stack.extend(obj.keys())
-            stack.extend(obj.values())
-            continue
-        if isinstance(obj, functools.partial):
-            stack.extend([obj.func, *obj.args, *obj.keywords.values()])
-            continue
-        if isinstance(obj, types.MethodType):
-            stack.extend([obj.__func__, obj.__self__])
-            continue
-        if isinstance(obj, (types.FunctionType, type)):
-            module = getattr(obj, "__module__", None)
-            if _by_reference(obj):
-                if module:
-                    needed.add(module)
-                continue
-            if isinstance(obj, type):  # a class pickled by value: its bases and methods
-                stack.extend(obj.__bases__)
-                stack.extend(v for v in vars(obj).values() if callable(v))
-                continue
-            code = obj.__code__
-            needed.update(_imports_in_code(code))
-            scope = obj.__globals__
-            stack.extend(scope[n] for n in set(_names_in_code(code)) if n in scope)
-            stack.extend(c.cell_contents for c in obj.__closure__ or () if _cell_filled(c))
-            stack.extend((obj.__defaults__ or ()) + tuple((obj.__kwdefaults__ or {}).values()))
-            continue
-        # an instance: its class (and what its class needs)
-        stack.append(type(obj))
-        state = getattr(obj, "__dict__", None)
-        if isinstance(state, dict):
-            stack.extend(state.values())
-    return needed
-
-
-def _cell_filled(cell: types.CellType) -> bool:
-    try:
-        cell.cell_contents  # noqa: B018
-    except ValueError:
-        return False
-    return True
-
-
 # ---------------------------------------------------------------------------- the packager
 class Packager:
     """Plans environments; caches file contents by (path, mtime, size)."""
@@ -315,6 +171,8 @@ class Packager:
         self.exclude = frozenset(exclude_modules)
         self.extra_requirements = tuple(extra_requirements)
         self._sources: dict[Path, tuple[tuple[int, int], bytes, set[str]]] = {}
+        self._scanned: dict[bytes, frozenset[str]] = {}  # pickled function -> its modules
+        self._by_value: set[str] = set()  # modules registered with cloudpickle to go by value
 
     def _source(self, path: Path, module_name: str) -> tuple[bytes, set[str]]:
         """A file's bytes and (for Python files) its imports, re-read when it changes."""
@@ -337,40 +195,104 @@ class Packager:
     def plan(
         self, fn: Any, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None
     ) -> EnvironmentPlan:
-        """What ``fn(*args, **kwargs)`` needs on the node."""
-        todo = sorted(_modules_needed([fn, *args, *(kwargs or {}).values()]))
+        """What ``fn(*args, **kwargs)`` needs on the node, from its live objects.
+
+        Call it before pickling the call: a module with no source file (built at run time)
+        is registered with cloudpickle to travel by value.
+        """
+        names = modules_of_objects([fn, *args, *(kwargs or {}).values()])
+        return self._plan_modules(frozenset(names), register_by_value=True)
+
+    def add_payloads(self, plan: EnvironmentPlan, payloads: Sequence[Payload]) -> EnvironmentPlan:
+        """``plan`` with what the pickled calls name (:func:`modules_in_pickle`): a class
+        or function of a local module inside an argument, whatever holds it.
+
+        The function's bytes are read once per distinct function; the arguments' of every
+        call while they add up to ``_SCAN_BUDGET_BYTES`` (at least the first call's). Returns
+        ``plan`` itself when they name nothing it does not cover (the usual case).
+        """
+        names: set[str] = set()
+        for function in {id(f): f for f, _ in payloads}.values():
+            names.update(self._function_modules(function))
+        budget = _SCAN_BUDGET_BYTES
+        for _, arguments in payloads:
+            if budget <= 0:
+                break
+            names.update(modules_in_pickle(arguments))
+            budget -= len(arguments)
+        if all(self._covers(plan, name) for name in names):
+            return plan
+        return self._plan_modules(plan._roots | names, register_by_value=False)
+
+    def _covers(self, plan: EnvironmentPlan, name: str) -> bool:
+        top = name.partition(".")[0]
+        if top == "clustrix":  # what of clustrix is named matters, not only that it is
+            return (
+                plan._clustrix_dependencies
+                or top in self.exclude
+                or not clustrix_needs_dependencies(name)
+            )
+        return (  # nothing to plan again for what needs nothing (most of what pickles name)
+            top in plan._covered
+            or top in ("", "__main__")
+            or top in RUNTIME_PACKAGES
+            or top in self.exclude
+            or stdlib(top)
+        )
+
+    def _function_modules(self, data: bytes) -> frozenset[str]:
+        cached = self._scanned.get(data)
+        if cached is None:
+            cached = modules_in_pickle(data)
+            if len(data) <= _SCAN_CACHE_MAX_BYTES:
+                if len(self._scanned) >= _SCAN_CACHE_SIZE:
+                    self._scanned.clear()
+                self._scanned[data] = cached
+        return cached
+
+    def _plan_modules(self, roots: frozenset[str], *, register_by_value: bool) -> EnvironmentPlan:
+        todo = sorted(roots)
         pins: dict[str, str] = {}
         local: dict[str, LocalModule] = {}
         files: dict[str, bytes] = {}
         missing: set[str] = set()
         done: set[str] = set()
+        clustrix_dependencies = False
         while todo:
             name = todo.pop()
             top = name.partition(".")[0]
+            if (  # each name of clustrix counts: what of it is used, not only that it is
+                top == "clustrix"
+                and not clustrix_dependencies
+                and top not in self.exclude
+                and clustrix_needs_dependencies(name)
+            ):
+                pin_clustrix_dependencies(pins)
+                clustrix_dependencies = True
             if top in done or not top or top == "__main__":
                 continue
             done.add(top)
-            if _stdlib(top) or top in self.exclude:
+            if stdlib(top) or top in self.exclude or top in RUNTIME_PACKAGES:
                 continue
-            dists = _distributions_of().get(top, [])
-            if top in _RUNTIME_PACKAGES:
-                for dist in dists:  # the user's code imports clustrix: it needs its deps
-                    for req in importlib.metadata.requires(dist) or []:
-                        required = _required_name(req)
-                        if required:
-                            _pin(required, pins)
-                continue
-            if dists and not all(_dist_is_local(d) for d in dists):
+            dists = distributions_of().get(top, [])
+            if dists and not all(dist_is_local(d) for d in dists):
                 for dist in dists:
-                    _pin(dist, pins)
+                    pin(dist, pins)
                 continue
-            path = _module_path(top)
+            path = module_path(top)
             if path is None:
                 module_object = sys.modules.get(top)
-                if module_object is not None and getattr(module_object, "__file__", None) is None:
+                if top in self._by_value:
+                    continue
+                if (
+                    register_by_value
+                    and module_object is not None
+                    and getattr(module_object, "__file__", None) is None
+                ):
                     # code with no source to ship (built at run time): send it by value
                     cloudpickle.register_pickle_by_value(module_object)
-                else:
+                    self._by_value.add(top)
+                else:  # nowhere here; or named only by a pickle, too late to send by value
                     missing.add(top)
                 continue
             module = LocalModule(top, path)
@@ -378,9 +300,10 @@ class Packager:
             for arcname, file_path in module.files():
                 data, imports = self._source(file_path, _dotted(arcname))
                 files[arcname] = data
-                todo.extend(i for i in imports if i.partition(".")[0] not in done)
+                seen = done - {"clustrix"}  # (each module of clustrix's counts)
+                todo.extend(i for i in imports if i.partition(".")[0] not in seen)
         for requirement in self.extra_requirements:
-            match = _REQ_NAME.match(requirement)
+            match = REQ_NAME.match(requirement)
             key = re.sub(r"[-_.]+", "-", match.group(1)).lower() if match else requirement
             pins[key] = requirement.strip()
         code_hash, archive = _archive(files) if files else ("", b"")
@@ -391,6 +314,9 @@ class Packager:
             missing=tuple(sorted(missing)),
             code_hash=code_hash,
             _archive=archive,
+            _roots=roots,
+            _covered=frozenset(done),
+            _clustrix_dependencies=clustrix_dependencies,
         )
 
 
