@@ -194,5 +194,5 @@ def test_shutdown_waiting_after_shutdown_without_waiting_returns(
     assert futures[1].cancelled()
     loop_thread.join(timeout=30)  # the executor's loop stopped itself, as shutdown(False) asks
     assert not loop_thread.is_alive()
-    waiting.join(timeout=5)  # a hang detector: a working shutdown is done already
+    waiting.join(timeout=2)  # a hang detector: a working shutdown is done already
     assert not waiting.is_alive(), "shutdown(wait=True) hangs"
