@@ -6,6 +6,11 @@ A job directory holds::
     job.sh            the rendered job script
     tasks/<t>.pkl     sealed list of (call_index, cloudpickled fn, cloudpickled (args, kwargs));
                       a worker that checkpoints rewrites it with the calls left to do
+    tasks/pool.pkl    a self-scheduled submission: the same list for ALL its calls, which every
+                      task takes from, one at a time, by claiming them
+    claims/<c>        call <c> is taken: created with O_EXCL by the task that runs it (content:
+                      the task index) or by the client that cancelled it (``cancelled``)
+    claims/.task-<t>  the calls task <t> claimed, one per line (a requeued task reruns them)
     results/<c>.pkl   sealed result record of call <c> (written to a temp name, then renamed)
     logs/<t>.out|err  stdout / stderr of task <t>
     exit/<t>          exit status of task <t>'s worker, written by the job script
@@ -39,6 +44,11 @@ TASKS_DIR = "tasks"
 RESULTS_DIR = "results"
 LOGS_DIR = "logs"
 EXIT_DIR = "exit"
+CLAIMS_DIR = "claims"
+#: The task file of a self-scheduled submission (in TASKS_DIR).
+POOL_FILE = "pool"
+#: What a claim file holds when the client cancelled the call before anyone took it.
+CANCELLED_CLAIM = "cancelled"
 
 #: The worker's exit status when it checkpointed and asks the job script to requeue the job
 #: (EX_TEMPFAIL of sysexits.h: "try again later").
@@ -80,6 +90,22 @@ def load_record(secret: bytes, data: bytes) -> Record:
     if not isinstance(record, dict) or "ok" not in record:
         raise ValueError("malformed result record")
     return record
+
+
+def claim(path: str, owner: str) -> bool:
+    """Create the claim file ``path`` holding ``owner``; False if someone else has it.
+
+    ``O_CREAT | O_EXCL`` is atomic on local filesystems, on NFSv3/v4 (exclusive create with
+    a verifier, so a retransmitted request that already succeeded is recognised as ours) and
+    on Lustre/GPFS; a rename or mkdir could answer a retransmission with a false failure.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as fh:
+        fh.write(f"{owner}\n")
+    return True
 
 
 def write_atomic(path: str, data: bytes, mode: int = 0o600) -> None:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import atexit
 import itertools
-import math
 import os
 import re
 import sys
@@ -92,13 +91,16 @@ class _Submitter:
         timeout: float | None = None,
         chunksize: int | None = None,
     ) -> Iterator[T]:
-        """Like :meth:`concurrent.futures.Executor.map`, with calls packed into jobs.
+        """Like :meth:`concurrent.futures.Executor.map`, as a pool of cluster jobs.
 
-        Results come in input order; ``timeout`` is one deadline for the whole iteration;
-        an exception is raised when its result is reached; leaving the iterator early (or an
-        exception) cancels the calls that have not started. ``chunksize=k`` runs k calls per
-        job exactly; the default (None) makes about as many jobs as the cluster can run at
-        once. A call that raises inside a chunk fails only its own result.
+        Results come in input order; ``timeout`` is one deadline for the whole iteration,
+        counted from this call; an exception is raised when its result is reached; leaving
+        the iterator early (or an exception) cancels the calls that have not started, which
+        then never start. By default (``chunksize=None``) the calls go out as one job array
+        of about as many tasks as the cluster can run at once, and each task takes the next
+        call nobody has taken yet: a slow call holds up only the task that runs it.
+        ``chunksize=k`` runs exactly k calls per job instead (``chunksize=1``: one scheduler
+        job per call). A call that raises fails only its own result.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         futures = self.submit_map(fn, *iterables, chunksize=chunksize)
@@ -107,7 +109,7 @@ class _Submitter:
     def submit_map(
         self, fn: Callable[..., T], *iterables: Iterable[Any], chunksize: int | None = None
     ) -> list[ClusterFuture[T]]:
-        """The futures of ``map``: one per call, in input order, calls packed into jobs.
+        """The futures of ``map``: one per call, in input order (see :meth:`map`).
 
         Every call is pickled before any is submitted: a bad argument submits nothing.
         """
@@ -131,20 +133,24 @@ class _Submitter:
         return ExecutorView(self._executor, self._executor.config.resources(**merged))
 
 
+def _result_or_cancel(future: ClusterFuture[T], timeout: float | None = None) -> T:
+    try:
+        return future.result(timeout)
+    finally:  # a timed-out call is cancelled too (as CPython's)
+        future.cancel()
+
+
 def _results_in_order(futures: list[ClusterFuture[T]], deadline: float | None) -> Iterator[T]:
-    # As in CPython's Executor.map: pop from a reversed list so each yielded result is
-    # referenced only by the consumer, and cancel what is left however the loop ends.
+    # As in CPython's Executor.map: pop from a reversed list and keep no name for the
+    # future while suspended at the yield, so each yielded result is referenced only by
+    # the consumer; cancel what is left however the loop ends.
     futures.reverse()
     try:
         while futures:
-            future = futures.pop()
-            try:
-                if deadline is None:
-                    yield future.result()
-                else:
-                    yield future.result(deadline - time.monotonic())
-            finally:  # a timed-out call is cancelled too (CPython's _result_or_cancel)
-                future.cancel()
+            if deadline is None:
+                yield _result_or_cancel(futures.pop())
+            else:
+                yield _result_or_cancel(futures.pop(), deadline - time.monotonic())
     finally:
         for future in futures:
             future.cancel()
@@ -260,9 +266,9 @@ class ClusterExecutor(_Submitter, FileSystemMixin, Executor):
         modules shipped as source, and imports found nowhere here.
         """
         plan = self._plan(fn, [args], kwargs)
-        if plan is None:
+        if plan is None or self._packager is None:
             raise RuntimeError("packaging is turned off for this executor (packaging=False)")
-        return plan
+        return self._packager.add_payloads(plan, [dumps_call(fn, args, kwargs)])
 
     def _plan(
         self, fn: Callable[..., Any], calls: list[tuple[Any, ...]], kwargs: dict[str, Any]
@@ -279,9 +285,8 @@ class ClusterExecutor(_Submitter, FileSystemMixin, Executor):
         resources: Resources,
         plan: EnvironmentPlan | None = None,
     ) -> list[ClusterFuture[Any]]:
-        if chunksize is None:
-            slots = self._engine.slots(resources) or 1
-            chunksize = max(1, math.ceil(len(payloads) / slots))
+        if plan is not None and self._packager is not None:  # what the pickles name too
+            plan = self._packager.add_payloads(plan, payloads)
         job_name = job_name_for(fn, resources)
         if (
             resources.checkpoint_before_s is not None
@@ -309,16 +314,19 @@ class ClusterExecutor(_Submitter, FileSystemMixin, Executor):
                     f"the executor stopped working: {self._engine.broken!r}"
                 ) from self._engine.broken
             futures = [ClusterFuture[Any](self._engine, next(self._next_call)) for _ in payloads]
-            tasks = [
-                Task.of(
-                    futures[i : i + chunksize],
-                    payloads[i : i + chunksize],
-                    resources,
-                    job_name,
-                    plan,
-                )
-                for i in range(0, len(payloads), chunksize)
-            ]
+            if chunksize is None and len(payloads) > 1:
+                # Self-scheduled: as many tasks as can run at once, each taking the next
+                # call nobody has taken yet, so a slow call holds up only its own task.
+                workers = min(len(payloads), self._engine.slots(resources) or 1)
+                tasks = Task.pooled(futures, payloads, resources, job_name, plan, workers)
+            else:
+                size = chunksize or 1
+                tasks = [
+                    Task.of(
+                        futures[i : i + size], payloads[i : i + size], resources, job_name, plan
+                    )
+                    for i in range(0, len(payloads), size)
+                ]
             if tasks:
                 self._engine.enqueue(tasks)
         return futures

@@ -3,11 +3,13 @@
 Each poll cycle runs ONE shell command on the cluster that prints, in this order:
 
 1. the scheduler's status of every outstanding job (one ``squeue``/``ps``, never one per job),
-2. the exit status files the job scripts wrote (``exit/<task>``),
+2. the exit status files the job scripts wrote (``exit/<task>``) and, in self-scheduled
+   submissions, the claim files of the calls the tasks took (``claims/<call>``),
 3. the result files the workers wrote (``results/<call>.pkl``).
 
 The order matters: a job reported ended in (1) wrote its exit file before, and its results
-before that, so (2) and (3) see them. Pure functions only: the engine runs the command.
+before that, so (2) and (3) see them; a call's claim is made before it runs, so a result in
+(3) always comes with its claim in (2). Pure functions only: the engine runs the command.
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ def poll_script(
     else:
         roots, depth = shlex.quote(jobs_root), 3
     find = f"find {roots} -mindepth {depth} -maxdepth {depth}"
-    lines.append(f"{find} -path '*/{_wire.EXIT_DIR}/[0-9]*' -exec grep -H '' {{}} + 2>/dev/null")
+    claims = f"-path '*/{_wire.EXIT_DIR}/[0-9]*' -o -path '*/{_wire.CLAIMS_DIR}/[0-9]*'"
+    lines.append(f"{find} \\( {claims} \\) -exec grep -H '' {{}} + 2>/dev/null")
     lines.append(f'echo "{MARK}"')
     lines.append(f"{find} -path '*/{_wire.RESULTS_DIR}/*{_wire.SUFFIX}' ! -name '.*' 2>/dev/null")
     lines.append("exit 0")
@@ -69,6 +72,9 @@ class PollOutput:
     exit_codes: dict[str, int] = field(default_factory=dict)
     #: paths of the result files present
     result_paths: set[str] = field(default_factory=set)
+    #: who claimed each call of a self-scheduled submission, by claim-file path
+    #: (``<job_dir>/claims/<call>``): a task index, or ``cancelled``
+    claims: dict[str, str] = field(default_factory=dict)
 
 
 def parse_poll_output(stdout: str) -> PollOutput:
@@ -78,9 +84,14 @@ def parse_poll_output(stdout: str) -> PollOutput:
     exits_part, _, results_part = rest.partition(MARK)
     rc_text = rc_line.strip()
     output = PollOutput(status_ok=rc_text == "0", status_text=status_part)
+    claims_marker = f"/{_wire.CLAIMS_DIR}/"
     for line in exits_part.splitlines():
         path, sep, value = line.rpartition(":")
-        if sep and value.strip().lstrip("-").isdigit():
+        if not sep:
+            continue
+        if claims_marker in path:
+            output.claims[path] = value.strip()
+        elif value.strip().lstrip("-").isdigit():
             output.exit_codes[path] = int(value)
     output.result_paths = {line for line in results_part.splitlines() if line}
     return output

@@ -13,7 +13,7 @@ import contextlib
 import json
 import os
 import socket
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ._wire import write_atomic
@@ -43,6 +43,9 @@ class SubmissionRecord:
     submitted_at: float
     pid: int
     hostname: str
+    #: A self-scheduled submission's calls (submission-wide index, executor's call index),
+    #: which its tasks claim on the node; empty otherwise.
+    pool: list[list[int]] = field(default_factory=list)
 
 
 class JobRegistry:

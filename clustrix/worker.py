@@ -2,7 +2,9 @@
 
 It reads the task's calls, runs each, and writes one sealed result record per call,
 atomically, before moving on to the next call: a worker that dies half-way through a chunk
-keeps the results it already produced.
+keeps the results it already produced. In a self-scheduled submission (``tasks/pool.pkl``)
+every task takes the next call nobody has taken yet (an ``O_EXCL`` claim file), runs it, and
+takes the next, until none is left: a slow call holds up only the task that runs it.
 
 It knows nothing of transports, schedulers or the executor, and imports only a few standard
 modules and :mod:`clustrix._wire`, so a job starts fast and the cluster needs no clustrix
@@ -20,6 +22,10 @@ import pickle
 import sys
 
 from clustrix import _wire
+
+TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the worker should not import typing
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
 
 USAGE = "usage: python -m clustrix.worker run <job_dir> <task_index>"
 EXIT_BAD_USAGE = 2
@@ -196,14 +202,62 @@ class _Checkpointer:
         os._exit(self.requeue([resumed_call, *self.pending[self.position + 1 :]]))
 
 
+def _load_calls(secret: bytes, path: str) -> list[tuple[int, bytes, bytes]]:
+    with open(path, "rb") as fh:
+        calls: list[tuple[int, bytes, bytes]] = pickle.loads(_wire.unseal(secret, fh.read()))
+    return calls
+
+
+def _pool_calls(
+    job_dir: str, task_index: int, secret: bytes, done: Callable[[int], bool]
+) -> Iterator[tuple[int, bytes, bytes]]:
+    """The calls of a self-scheduled submission this task runs, claimed one at a time.
+
+    First those this task claimed in an earlier run (the job was requeued) and did not
+    finish, then each call nobody has claimed, in call order. ``done(c)`` tells whether call
+    ``c`` has its result. The ledger (``claims/.task-<t>``) lists this task's claims; a task
+    killed in the microseconds between a claim and its ledger line does not rerun that call
+    when requeued, and the client fails it truthfully when the task ends.
+    """
+    calls = _load_calls(
+        secret, os.path.join(job_dir, _wire.TASKS_DIR, f"{_wire.POOL_FILE}{_wire.SUFFIX}")
+    )
+    claims_dir = os.path.join(job_dir, _wire.CLAIMS_DIR)
+    ledger_path = os.path.join(claims_dir, f".task-{task_index}")
+    owner = str(task_index)
+    earlier: set[int] = set()
+    try:
+        with open(ledger_path) as fh:
+            earlier = {int(line) for line in fh if line.strip().isdigit()}
+    except FileNotFoundError:
+        pass
+    for call in calls:
+        if call[0] in earlier and not done(call[0]):
+            try:
+                with open(os.path.join(claims_dir, str(call[0]))) as fh:
+                    mine = fh.read().strip() == owner
+            except FileNotFoundError:
+                mine = False
+            if mine:
+                yield call
+    with open(ledger_path, "a") as ledger:
+        for call in calls:
+            if _wire.claim(os.path.join(claims_dir, str(call[0])), owner):
+                ledger.write(f"{call[0]}\n")
+                ledger.flush()
+                yield call
+
+
 def run_task(job_dir: str, task_index: int) -> int:
     """Run every call of one task; return the process exit status."""
     task_path = os.path.join(job_dir, _wire.TASKS_DIR, f"{task_index}{_wire.SUFFIX}")
+    pool_path = os.path.join(job_dir, _wire.TASKS_DIR, f"{_wire.POOL_FILE}{_wire.SUFFIX}")
+    pooled = os.path.exists(pool_path)
     try:
         with open(os.path.join(job_dir, _wire.SECRET_FILE), "rb") as fh:
             secret = fh.read()
-        with open(task_path, "rb") as fh:
-            calls = pickle.loads(_wire.unseal(secret, fh.read()))
+        # a self-scheduled task has a task file only if it checkpointed (its resumed call)
+        calls = _load_calls(secret, task_path) if not pooled or os.path.exists(task_path) else []
     except (OSError, ValueError, pickle.UnpicklingError) as exc:
         print(
             f"clustrix worker: cannot read task {task_index} in {job_dir}: {exc}", file=sys.stderr
@@ -214,27 +268,52 @@ def run_task(job_dir: str, task_index: int) -> int:
     def result_path(call_index: int) -> str:
         return os.path.join(results_dir, f"{call_index}{_wire.SUFFIX}")
 
+    def done(call_index: int) -> bool:
+        return os.path.exists(result_path(call_index))
+
     # A job the scheduler started again (requeued) does not redo the calls it finished.
-    pending = [call for call in calls if not os.path.exists(result_path(call[0]))]
+    pending = [call for call in calls if not done(call[0])]
     checkpointer = None
     signal_name = os.environ.pop(_wire.CHECKPOINT_SIGNAL_ENV, "")
     if signal_name:
         checkpointer = _Checkpointer(task_path, secret)
         checkpointer.pending = pending
         checkpointer.install(signal_name)
-    for position, (call_index, function, arguments) in enumerate(pending):
-        if checkpointer is not None:
-            checkpointer.position = position
-            if checkpointer.signalled:
-                return checkpointer.requeue(pending[position:])
+
+    def run_and_write(call: tuple[int, bytes, bytes]) -> bool:
+        """False if the checkpoint signal came before the call started."""
+        call_index, function, arguments = call
         record = run_call(function, arguments, checkpointer)
-        if record is None:  # the signal came while the call was being unpickled
-            assert checkpointer is not None
-            return checkpointer.requeue(pending[position:])
+        if record is None:
+            return False
+        record["task"] = task_index  # who ran it (a pool's claim may be seen only later)
         # Flush the user's prints before the result appears, so logs are complete by then.
         sys.stdout.flush()
         sys.stderr.flush()
         _wire.write_atomic(result_path(call_index), _wire.dump_record(secret, record))
+        return True
+
+    for position, call in enumerate(pending):
+        if checkpointer is not None:
+            checkpointer.position = position
+            if checkpointer.signalled:
+                return checkpointer.requeue(pending[position:])
+        if not run_and_write(call):  # the signal came while the call was being unpickled
+            assert checkpointer is not None
+            return checkpointer.requeue(pending[position:])
+    if not pooled:
+        return 0
+    for call in _pool_calls(job_dir, task_index, secret, done):
+        if checkpointer is not None:
+            # Only the running call is this task's; the others stay in the pool.
+            checkpointer.pending, checkpointer.position = [call], 0
+            if checkpointer.signalled:
+                return checkpointer.requeue([call])
+        if not run_and_write(call):
+            assert checkpointer is not None
+            return checkpointer.requeue([call])
+        if checkpointer is not None and checkpointer.signalled:
+            return checkpointer.requeue([])  # stop claiming; the requeued job goes on
     return 0
 
 

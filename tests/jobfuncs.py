@@ -189,3 +189,57 @@ class CountTo(Checkpointable):
     def checkpoint(self, steps: int, step_s: float) -> DelayedCall | None:
         self.checkpoints += 1
         return super().checkpoint(steps, step_s)
+
+
+def wait_for(path: str, value: Any = None, timeout_s: float = 120) -> Any:
+    """Return ``value`` once ``path`` exists (another call or the test creates it)."""
+    path = os.path.expanduser(path)
+    deadline = time.monotonic() + timeout_s
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} did not appear within {timeout_s} s")
+        time.sleep(0.02)
+    return value
+
+
+def touch(path: str, value: Any = None) -> Any:
+    """Create ``path`` (and its directory); return ``value``."""
+    path = os.path.expanduser(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as fh:
+        fh.write(f"{os.getpid()}\n")
+    return value
+
+
+def handshake(role: str, path: str) -> str:
+    """``wait`` until ``path`` exists, or ``write`` it: two calls of one map that need each
+    other (a pool runs both; a static chunk holding both never finishes)."""
+    if role == "wait":
+        return str(wait_for(path, "waited"))
+    return str(touch(path, "wrote"))
+
+
+def start_then_wait(x: int, marker_dir: str) -> int:
+    """Mark call ``x`` as started (``started-<x>``), then wait for ``release``; call 0 returns
+    at once."""
+    if x == 0:
+        return 0
+    touch(f"{marker_dir}/started-{x}")
+    wait_for(f"{marker_dir}/release")
+    return x
+
+
+def sphere(x: Any) -> float:
+    """A pure-Python objective for optimizers (no third-party import on the node)."""
+    return float(sum(v * v for v in x))
+
+
+class Blob:
+    """A result that can be weakly referenced (to see that nothing keeps it alive)."""
+
+    def __init__(self, size: int) -> None:
+        self.data = b"x" * size
+
+
+def make_blob(size: int) -> Blob:
+    return Blob(size)

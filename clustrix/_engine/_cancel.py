@@ -8,13 +8,25 @@ for every job collected in the same burst. ``kill()`` stops a running job.
 from __future__ import annotations
 
 import asyncio
+import posixpath
 from typing import Any
 
+from .. import _wire
 from ..errors import JobFailedError, TransportError
 from ..future import ClusterFuture
 from ._core import Core, log
+from ._model import Batch, claim_path
 
 __all__ = ["Canceller"]
+
+
+#: ``sh -c`` script: claim each path read from stdin for nobody (O_EXCL through ``set -C``:
+#: a call a task claimed first keeps running), then run the cancel command in "$@", if any.
+_CLAIM_THEN_CANCEL = (
+    "set -C; while IFS= read -r p; do "
+    f'(echo {_wire.CANCELLED_CLAIM} > "$p") 2>/dev/null; done; '
+    '[ "$#" -gt 0 ] && exec "$@"; exit 0'
+)
 
 
 class Canceller:
@@ -22,35 +34,63 @@ class Canceller:
 
     def __init__(self, core: Core) -> None:
         self.core = core
+        self.claims: list[str] = []  # claim files the next flush creates (cancelled calls)
 
     def on_cancel(self, futures: list[ClusterFuture[Any]]) -> None:
         """Forget cancelled calls; queue their jobs' cancellation (on the loop thread)."""
         core = self.core
+        pools: set[Batch] = set()
         for future in futures:
             call = core.call_of.get(future)
             if call is None or call.resolved:
                 continue
+            batch = call.batch
+            if call.task is None and batch is not None and batch.pool is not None:
+                # Not claimed yet: claim it for nobody, so that no task ever starts it.
+                self.claims.append(claim_path(batch, call))
+                pools.add(batch)
             core.forget(call)
             task = call.task
             if task is None or task.job_id is None or task.finished:
                 continue  # held or still being submitted: the submitter skips it
-            if not task.open_calls():
+            if not task.open():
                 core.to_cancel.add(task.job_id)
-        if core.to_cancel:
+        for batch in pools:
+            if batch.pool is not None and not batch.pool.unclaimed():
+                # Nothing left to take: the tasks that run no call of their own can go,
+                # queued ones included (nothing stays in the scheduler's queue).
+                for task in batch.tasks:
+                    if task.job_id and not task.finished and not task.open_calls():
+                        core.to_cancel.add(task.job_id)
+        if core.to_cancel or self.claims:
             core.spawn(self.flush())
         core.update_idle()
 
+    def claim_cancelled(self, batch: Batch) -> None:
+        """After a pool's submission: claim the calls cancelled while it was being written
+        (the task file may hold them), so that no task starts them."""
+        if batch.pool is not None:
+            self.claims += [claim_path(batch, c) for c in batch.pool.calls if c.resolved]
+
     async def flush(self) -> None:
-        """One scheduler command cancels every job collected so far."""
+        """One command claims the cancelled calls of pools (so that no task starts them)
+        and cancels every job collected so far."""
         core = self.core
         await asyncio.sleep(0)  # let cancellations of the same burst join in
-        if not core.to_cancel:
+        if not core.to_cancel and not self.claims:
             return
         job_ids = sorted(core.to_cancel)
         core.to_cancel.clear()
-        argv = core.scheduler.cancel_argv(job_ids)
+        claims, self.claims = self.claims, []
+        argv = core.scheduler.cancel_argv(job_ids) if job_ids else []
+        counts_as = posixpath.basename(argv[0]) if argv else None
+        stdin = None
+        if claims:
+            # claim paths on stdin (there may be thousands), then the cancel command
+            argv = ["sh", "-c", _CLAIM_THEN_CANCEL, "clustrix-cancel", *argv]
+            stdin = "".join(f"{path}\n" for path in claims).encode()
         try:
-            result = await core.run(argv)
+            result = await core.run(argv, counts_as=counts_as, stdin=stdin)
         except TransportError as exc:
             log.warning("clustrix: could not cancel jobs %s: %s", job_ids, exc)
             return
@@ -68,9 +108,11 @@ class Canceller:
         """Stop the job running ``future``'s call (and the other calls of that job)."""
         core = self.core
         call = core.call_of.get(future)
-        if call is None or call.task is None:
+        if call is None:
             return False
         task = call.task
+        if task is None:  # waiting in a pool: it has not started
+            return future.cancel()
         if task.job_id is None:
             return future.cancel()
         argv = core.scheduler.cancel_argv([task.job_id])

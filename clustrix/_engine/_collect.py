@@ -20,8 +20,8 @@ from ..lifecycle import JobState
 from ..schedulers.base import TaskStatus
 from ._core import Core, log
 from ._jobdir import IO_CONCURRENCY
-from ._model import Call, Task, result_path
-from ._retry import resubmit
+from ._model import Batch, Call, Task, result_path
+from ._retry import resubmit, resubmit_pool
 
 __all__ = ["FETCH_ROUND", "STDERR_TAIL_BYTES", "Collector", "Ended"]
 
@@ -58,9 +58,9 @@ class Collector:
         limit = asyncio.Semaphore(IO_CONCURRENCY)
 
         async def fetch(call: Call) -> bytes:
-            assert call.task is not None and call.task.batch is not None
+            assert call.batch is not None
             async with limit:
-                return await core.transport.read_bytes(result_path(call.task.batch, call))
+                return await core.transport.read_bytes(result_path(call.batch, call))
 
         datas = await asyncio.gather(*(fetch(c) for c in calls), return_exceptions=True)
         for call, data in zip(calls, datas, strict=True):
@@ -69,16 +69,21 @@ class Collector:
             if isinstance(data, BaseException):
                 log.warning("clustrix: cannot read a result yet, will retry: %s", data)
                 continue
-            assert call.task is not None and call.task.batch is not None
+            assert call.batch is not None
             try:
-                record = _wire.load_record(call.task.batch.secret, data)
+                record = _wire.load_record(call.batch.secret, data)
             except (ValueError, pickle.UnpicklingError) as exc:
+                job_id = call.task.job_id if call.task is not None else call.batch.job_dir
                 error = ResultAuthenticationError(
-                    f"result of job {call.task.job_id} rejected ({exc}); it was not written "
+                    f"result of job {job_id} rejected ({exc}); it was not written "
                     "by this executor's worker, so it was not unpickled"
                 )
                 core.resolve(call, None, error)
                 continue
+            owner = record.get("task")
+            batch = call.batch
+            if call.task is None and isinstance(owner, int) and 0 <= owner < len(batch.tasks):
+                batch.assign(call, batch.tasks[owner])  # it ran before its claim was seen
             value, exception = decode_result(record)
             core.resolve(call, value, exception)
 
@@ -108,6 +113,25 @@ class Collector:
             for call in task.open_calls():
                 core.resolve(call, None, error)
             self.finalize(task, final, exit_code)
+
+    def fail_unclaimed(self, batch: Batch) -> None:
+        """Every task of a self-scheduled submission has ended with calls nobody took
+        (the tasks were cancelled or died first): fail those calls, or send them again
+        when the infrastructure lost the tasks and ``max_retries`` allows."""
+        assert batch.pool is not None
+        left = batch.pool.unclaimed()
+        last = batch.tasks[-1]
+        lost = [t for t in batch.tasks if t.state is JobState.LOST]
+        if lost and resubmit_pool(self.core, batch, left):
+            return
+        error = JobFailedError(
+            last.job_id,
+            last.native,
+            reason=f"every task of the job ended before this call was started "
+            f"({len(left)} call(s) not started)",
+        )
+        for call in left:
+            self.core.resolve(call, None, error)
 
     def _error(
         self, task: Task, final: TaskStatus | None, exit_code: int | None, stderr_tail: str
@@ -186,6 +210,7 @@ class Collector:
                         [
                             f"{batch.job_dir}/{_wire.TASKS_DIR}",
                             f"{batch.job_dir}/{_wire.RESULTS_DIR}",
+                            f"{batch.job_dir}/{_wire.CLAIMS_DIR}",
                         ]
                     )
                 )

@@ -95,9 +95,8 @@ class Core:
             self.call_of.pop(future, None)
         call.resolved = True
         call.future = call.payload = None
-        batch = call.task.batch if call.task is not None else None
-        if batch is not None:
-            batch.paths.pop(result_path(batch, call), None)
+        if call.batch is not None:
+            call.batch.paths.pop(result_path(call.batch, call), None)
         return future
 
     def resolve(self, call: Call, value: Any, exception: BaseException | None) -> None:
@@ -105,9 +104,8 @@ class Core:
         future = self.forget(call)
         if future is None:
             return
-        batch = call.task.batch if call.task is not None else None
-        if batch is not None and exception is not None:
-            batch.had_failure = True
+        if call.batch is not None and exception is not None:
+            call.batch.had_failure = True
         if not future._mark_running():
             return  # cancelled by the user: the outcome has no taker
         if exception is not None:

@@ -21,7 +21,13 @@ __all__ = ["IO_CONCURRENCY", "JOB_SUBDIRS", "UNPACK_AND_SUBMIT", "UNPACK_FAILED"
 
 #: At most this many file transfers in flight at once over one connection.
 IO_CONCURRENCY = 64
-JOB_SUBDIRS = (_wire.TASKS_DIR, _wire.RESULTS_DIR, _wire.LOGS_DIR, _wire.EXIT_DIR)
+JOB_SUBDIRS = (
+    _wire.TASKS_DIR,
+    _wire.RESULTS_DIR,
+    _wire.LOGS_DIR,
+    _wire.EXIT_DIR,
+    _wire.CLAIMS_DIR,
+)
 #: Exit status of :data:`UNPACK_AND_SUBMIT` when the job directory could not be written.
 UNPACK_FAILED = 97
 #: ``sh -c`` script: $1 = job dir, then the submit command (run from the login directory,
@@ -51,10 +57,18 @@ def job_files(scheduler: Scheduler, batch: Batch, spec: JobSpec) -> dict[str, by
         _wire.SECRET_FILE: batch.secret,
         _wire.SCRIPT_FILE: scheduler.render_script(spec).encode(),
     }
-    for task in batch.tasks:
-        calls = [(c.index, *c.payload) for c in task.open_calls() if c.payload is not None]
+    # A self-scheduled submission has one task file for all its calls (its tasks claim them
+    # one by one); otherwise each task has its own. The calls of a map share their function
+    # bytes, which pickle stores once per file.
+    groups = (
+        {_wire.POOL_FILE: batch.pool.unclaimed()}
+        if batch.pool is not None
+        else {str(task.index): task.open_calls() for task in batch.tasks}
+    )
+    for name, open_calls in groups.items():
+        calls = [(c.index, *c.payload) for c in open_calls if c.payload is not None]
         body = pickle.dumps(calls, protocol=pickle.HIGHEST_PROTOCOL)
-        files[f"{_wire.TASKS_DIR}/{task.index}{_wire.SUFFIX}"] = _wire.seal(batch.secret, body)
+        files[f"{_wire.TASKS_DIR}/{name}{_wire.SUFFIX}"] = _wire.seal(batch.secret, body)
     return files
 
 

@@ -4,6 +4,10 @@ A :class:`Call` is one ``fn(*args)`` and its future; a :class:`Task` is one job 
 task) running one or more calls; a :class:`Batch` is one submission (a job directory, one
 submit command) of one or more tasks. A task's life is a :class:`~clustrix.lifecycle.JobState`
 moved only by :meth:`Task.set_state`, through :func:`~clustrix.lifecycle.advance`.
+
+A self-scheduled submission (a ``map`` without ``chunksize``) has a :class:`Pool`: its calls
+belong to no task until a task claims one on the node; the monitor then moves the call to
+that task (:meth:`Batch.assign`).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from ..future import ClusterFuture
 from ..lifecycle import JobState, advance
 from ..packaging import EnvironmentPlan
 
-__all__ = ["Batch", "Call", "Task", "describe_request", "result_path"]
+__all__ = ["Batch", "Call", "Pool", "Task", "claim_path", "describe_request", "result_path"]
 
 
 @dataclass(eq=False)
@@ -30,13 +34,25 @@ class Call:
     # Both dropped once the call is resolved: the engine keeps neither arguments nor results.
     future: ClusterFuture[Any] | None
     payload: Payload | None
-    task: Task | None = None
+    task: Task | None = None  # None while it waits in a pool, unclaimed
     index: int = -1  # index within its submission: names its result file
     resolved: bool = False
+    batch: Batch | None = None  # its submission, once submitted
 
     def __post_init__(self) -> None:
         # the executor-wide index the user sees as ClusterFuture.call_index
         self.call_id = self.future.call_index if self.future is not None else -1
+
+
+@dataclass(eq=False)
+class Pool:
+    """The calls of a self-scheduled submission, shared by its tasks (the workers)."""
+
+    calls: list[Call]
+
+    def unclaimed(self) -> list[Call]:
+        """Calls no task has claimed and that have no outcome yet."""
+        return [c for c in self.calls if c.task is None and not c.resolved]
 
 
 @dataclass(eq=False)
@@ -57,6 +73,8 @@ class Task:
     #: lag) before its calls fail.
     grace_used: bool = False
     attempt: int = 0  # how many times it was resubmitted after an infrastructure failure
+    #: The pool this task takes calls from (self-scheduled); its ``calls`` are those claimed.
+    pool: Pool | None = None
 
     @classmethod
     def of(
@@ -73,6 +91,24 @@ class Task:
         for call in task.calls:
             call.task = task
         return task
+
+    @classmethod
+    def pooled(
+        cls,
+        futures: Sequence[ClusterFuture[Any]],
+        payloads: Sequence[Payload],
+        resources: Resources,
+        job_name: str,
+        plan: EnvironmentPlan | None,
+        workers: int,
+    ) -> list[Task]:
+        """``workers`` tasks that take the calls of one pool, each the next nobody has."""
+        pool = Pool([Call(f, p) for f, p in zip(futures, payloads, strict=True)])
+        return [cls([], resources, job_name, plan, pool=pool) for _ in range(workers)]
+
+    def open(self) -> bool:
+        """True while the task has calls left: its own, or unclaimed ones in its pool."""
+        return bool(self.open_calls()) or (self.pool is not None and bool(self.pool.unclaimed()))
 
     @property
     def group_key(self) -> tuple[str, str, str, tuple[str, ...]]:
@@ -115,6 +151,22 @@ class Batch:
     abandoned: bool = False  # given up on (connection lost): its jobs may still run
     #: The submit command ran (or may have) without a definite answer: the job may exist.
     may_exist: bool = False
+    pool: Pool | None = None  # the calls its tasks take from (self-scheduled), if any
+
+    def calls(self) -> list[Call]:
+        """Every call of the submission, in call index order."""
+        if self.pool is not None:
+            return list(self.pool.calls)
+        return [c for t in self.tasks for c in t.calls]
+
+    def assign(self, call: Call, task: Task) -> None:
+        """``task`` claimed ``call`` on the node: the call is now that task's."""
+        call.task = task
+        task.calls.append(call)
+        if call.future is not None:
+            call.future._task_index = task.index
+            call.future._job_id = task.job_id
+            call.future._set_job_state(task.state, task.native)
 
     def unfinished(self) -> int:
         """How many of its tasks the engine is not done with."""
@@ -124,6 +176,11 @@ class Batch:
         """How many ``max_workers`` slots the submission holds."""
         n = self.unfinished()
         return min(n, self.throttle) if self.throttle else n
+
+
+def claim_path(batch: Batch, call: Call) -> str:
+    """The claim file of ``call`` in a self-scheduled submission."""
+    return f"{batch.job_dir}/{_wire.CLAIMS_DIR}/{call.index}"
 
 
 def result_path(batch: Batch, call: Call) -> str:

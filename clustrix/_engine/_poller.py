@@ -19,7 +19,7 @@ from ..lifecycle import JobState
 from ..monitor import parse_poll_output, poll_delay, poll_script
 from ._collect import Collector, Ended
 from ._core import Core, log
-from ._model import Call
+from ._model import Batch, Call, claim_path
 
 __all__ = ["MAX_DELETE", "Monitor"]
 
@@ -123,7 +123,7 @@ class Monitor:
         if not status_ok:
             log.warning("clustrix: scheduler status failed: %s", seen.status_text.strip()[-500:])
 
-        changed = False
+        changed = self._see_claims(batches, seen.claims)
         new: list[Call] = [
             call
             for batch in batches
@@ -166,5 +166,26 @@ class Monitor:
         if ended:
             changed = True
             await self.collector.fail_ended(ended)
+        for batch in batches:
+            if batch.pool is not None and not batch.unfinished() and batch.pool.unclaimed():
+                self.collector.fail_unclaimed(batch)
+                changed = True
         self.collector.retire_batches()
+        return changed
+
+    def _see_claims(self, batches: list[Batch], claims: dict[str, str]) -> bool:
+        """Give each newly claimed call of a self-scheduled submission to the task that
+        claimed it: it has started, under that task's job ID."""
+        changed = False
+        for batch in batches:
+            if batch.pool is None:
+                continue
+            for call in batch.pool.unclaimed():
+                owner = claims.get(claim_path(batch, call), "")
+                if not owner.isdigit() or int(owner) >= len(batch.tasks):
+                    continue  # not claimed yet (or by the client: cancelled)
+                batch.assign(call, batch.tasks[int(owner)])
+                assert call.future is not None
+                call.future._mark_running()
+                changed = True
         return changed

@@ -14,7 +14,7 @@ from ..future import ClusterFuture, _JobControl
 from ..lifecycle import JobState
 from ..registry import SubmissionRecord
 from ._core import Core, log
-from ._model import Batch, Call, Task, result_path
+from ._model import Batch, Call, Pool, Task, result_path
 
 __all__ = ["Recovery"]
 
@@ -41,6 +41,7 @@ class Recovery:
             submitted_at=time.time(),
             pid=os.getpid(),
             hostname=socket.gethostname(),
+            pool=[[c.index, c.call_id] for c in batch.pool.calls] if batch.pool else [],
         )
         try:
             core.registry.add(record)
@@ -61,6 +62,17 @@ class Recovery:
         batch = Batch(record.job_dir, bytes.fromhex(record.secret_hex), [], throttle=None)
         futures: list[ClusterFuture[Any]] = []
         resources = core.config.resources()
+        if record.pool:
+            # Self-scheduled: the calls wait in the pool until the poll sees their claims.
+            batch.pool = Pool([])
+            for call_index, call_id in record.pool:
+                future = ClusterFuture[Any](self.control, call_id)
+                future._job_dir = batch.job_dir
+                call = Call(future, None, None, call_index, batch=batch)
+                batch.pool.calls.append(call)
+                batch.paths[result_path(batch, call)] = call
+                core.call_of[future] = call
+                futures.append(future)
         for index, (job_id, calls, call_ids) in enumerate(
             zip(record.job_ids, record.calls, record.call_ids, strict=True)
         ):
@@ -74,11 +86,12 @@ class Recovery:
                 batch=batch,
                 state=JobState.QUEUED,
                 native="PENDING",
+                pool=batch.pool,
             )
             for call_index, call_id in zip(calls, call_ids, strict=True):
-                future: ClusterFuture[Any] = ClusterFuture(self.control, call_id)
+                future = ClusterFuture[Any](self.control, call_id)
                 future._job_id, future._job_dir, future._task_index = job_id, batch.job_dir, index
-                call = Call(future, None, task, call_index)
+                call = Call(future, None, task, call_index, batch=batch)
                 task.calls.append(call)
                 batch.paths[result_path(batch, call)] = call
                 core.call_of[future] = call

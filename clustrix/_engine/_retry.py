@@ -9,9 +9,9 @@ again and skips the calls whose result exists (see the worker).
 from __future__ import annotations
 
 from ._core import Core, log
-from ._model import Task
+from ._model import Batch, Call, Task
 
-__all__ = ["resubmit"]
+__all__ = ["resubmit", "resubmit_pool"]
 
 
 def resubmit(core: Core, task: Task, native: str) -> bool:
@@ -45,5 +45,39 @@ def resubmit(core: Core, task: Task, native: str) -> bool:
     )
     core.stats["retries"] += 1
     core.held.appendleft(retry)
+    core.wake_submitter.set()
+    return True
+
+
+def resubmit_pool(core: Core, batch: Batch, calls: list[Call]) -> bool:
+    """Send the calls nobody took from a self-scheduled submission whose tasks the
+    infrastructure lost again, as a new pool with as many workers, if ``max_retries``
+    allows; True if it did."""
+    first = batch.tasks[0]
+    attempt = max(t.attempt for t in batch.tasks)
+    if attempt >= first.resources.max_retries or any(c.payload is None for c in calls):
+        return False
+    futures = [c.future for c in calls if c.future is not None]
+    payloads = [c.payload for c in calls if c.payload is not None]
+    workers = min(len(calls), len(batch.tasks))
+    retry = Task.pooled(futures, payloads, first.resources, first.job_name, first.plan, workers)
+    assert retry[0].pool is not None
+    for old, new in zip(calls, retry[0].pool.calls, strict=True):
+        old.resolved, old.future, old.payload = True, None, None
+        assert new.future is not None
+        core.call_of[new.future] = new
+        new.future._job_id = None
+    for task in retry:
+        task.attempt = attempt + 1
+    log.warning(
+        "clustrix: the tasks of job %s were lost; resubmitting %d call(s) not started "
+        "(retry %d of %d)",
+        first.job_id,
+        len(calls),
+        attempt + 1,
+        first.resources.max_retries,
+    )
+    core.stats["retries"] += 1
+    core.held.extendleft(reversed(retry))
     core.wake_submitter.set()
     return True

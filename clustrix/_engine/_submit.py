@@ -12,10 +12,11 @@ import secrets
 import time
 import uuid
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from ..errors import ClusterError, TransportError
 from ..lifecycle import JobState
+from ._cancel import Canceller
 from ._core import Core
 from ._model import Batch, Task, result_path
 from ._send import Sender, TooManyTasks
@@ -37,12 +38,12 @@ class Submitter:
         sender: Sender,
         *,
         register: Callable[[Batch, list[str]], None],
-        flush_cancels: Callable[[], Awaitable[None]],
+        canceller: Canceller,
     ) -> None:
         self.core = core
         self.sender = sender
         self.register = register
-        self.flush_cancels = flush_cancels
+        self.canceller = canceller
         self.enqueued = 0  # enqueue() calls so far: tells when a burst of them is over
         #: Most tasks per submission once the scheduler refused a bigger one for a job count
         #: limit (MaxSubmitJobs): an array that can never fit goes out in smaller pieces.
@@ -51,16 +52,16 @@ class Submitter:
     def on_enqueue(self, tasks: list[Task]) -> None:
         """Queue ``tasks`` (on the loop thread)."""
         core = self.core
+        pools = {id(t.pool): t.pool for t in tasks if t.pool is not None}
+        calls = [c for t in tasks for c in t.calls] + [c for p in pools.values() for c in p.calls]
         if core.broken is not None:
-            for task in tasks:
-                for call in task.calls:
-                    core.resolve(call, None, core.broken_error())
+            for call in calls:
+                core.resolve(call, None, core.broken_error())
             return
-        for task in tasks:
-            for call in task.calls:
-                assert call.future is not None
-                core.call_of[call.future] = call
-            core.held.append(task)
+        for call in calls:
+            assert call.future is not None
+            core.call_of[call.future] = call
+        core.held.extend(tasks)
         self.enqueued += 1
         core.idle.clear()
         core.wake_submitter.set()
@@ -80,14 +81,28 @@ class Submitter:
             limit = min(limit, self.tasks_cap)
         if not core.scheduler.supports_array_throttle:
             limit = min(limit, free)
-        key = core.held[0].group_key
+        first = core.held[0]
         taken: list[Task] = []
         others: deque[Task] = deque()
-        while core.held and len(taken) < limit:
-            task = core.held.popleft()
-            if not task.open_calls():
-                continue  # every call was cancelled while held
-            (taken if task.group_key == key else others).append(task)
+        if first.pool is not None:
+            # A pool goes out whole, as one array of (at most ``limit``) workers; workers
+            # beyond the limit are dropped (the calls are the pool's, not theirs).
+            while core.held:
+                task = core.held.popleft()
+                if task.pool is not first.pool:
+                    others.append(task)
+                elif len(taken) < limit:
+                    taken.append(task)
+            if not first.pool.unclaimed():
+                taken = []  # every call was cancelled while held
+        else:
+            key = first.group_key
+            while core.held and len(taken) < limit:
+                task = core.held.popleft()
+                if task.pool is not None:
+                    others.append(task)  # a pool goes out alone
+                elif task.open_calls():  # else every call was cancelled while held
+                    (taken if task.group_key == key else others).append(task)
         others.extend(core.held)
         core.held = others
         throttle = free if core.max_workers is not None and len(taken) > free else None
@@ -102,7 +117,7 @@ class Submitter:
             core.wake_submitter.clear()
             try:
                 while core.held and self.free_slots() > 0:
-                    while core.held and not core.held[0].open_calls():
+                    while core.held and not core.held[0].open():
                         core.held.popleft()
                     if not core.held:
                         break
@@ -128,17 +143,16 @@ class Submitter:
         """Submit ``tasks`` as one job directory and one submit command."""
         core = self.core
         job_dir = f"{core.jobs_root}/{uuid.uuid4().hex}"
-        batch = Batch(job_dir, secrets.token_bytes(32), tasks, throttle)
-        call_index = 0
+        batch = Batch(job_dir, secrets.token_bytes(32), tasks, throttle, pool=tasks[0].pool)
         for task_index, task in enumerate(tasks):
             task.index, task.batch = task_index, batch
             task.set_state(JobState.SUBMITTING)
-            for call in task.calls:
-                call.index = call_index
-                call_index += 1
-                if call.future is not None:
-                    batch.paths[result_path(batch, call)] = call
-                    call.future._job_dir, call.future._task_index = job_dir, task_index
+        for call_index, call in enumerate(batch.calls()):
+            call.index, call.batch = call_index, batch
+            if call.future is not None:
+                batch.paths[result_path(batch, call)] = call
+                call.future._job_dir = job_dir
+                call.future._task_index = call.task.index if call.task is not None else None
         core.batches.append(batch)
         try:
             job_ids = await self.sender.submit(batch, throttle)
@@ -156,10 +170,9 @@ class Submitter:
                 core.spawn(core.remove_quietly([job_dir]))
             core.wake_submitter.set()
             return
-        for task in tasks:
-            if not task.resources.max_retries:
-                for call in task.calls:
-                    call.payload = None  # submitted: do not keep the arguments alive
+        if not tasks[0].resources.max_retries:
+            for call in batch.calls():
+                call.payload = None  # submitted: do not keep the arguments alive
         self.register(batch, job_ids)
         for task, job_id in zip(tasks, job_ids, strict=True):
             task.job_id = job_id
@@ -167,10 +180,15 @@ class Submitter:
                 assert call.future is not None
                 call.future._job_id = job_id
             task.set_state(JobState.QUEUED, "PENDING")
-            if not task.open_calls():  # cancelled while we were uploading
+            if not task.open():  # cancelled while we were uploading
                 core.to_cancel.add(job_id)
-        if core.to_cancel:
-            await self.flush_cancels()
+        if batch.pool is not None:
+            for call in batch.pool.unclaimed():
+                assert call.future is not None
+                call.future._set_job_state(JobState.QUEUED, "PENDING")
+            self.canceller.claim_cancelled(batch)
+        if core.to_cancel or self.canceller.claims:
+            await self.canceller.flush()
         core.wake_monitor.set()
 
     def _split(self, batch: Batch) -> None:
@@ -183,10 +201,10 @@ class Submitter:
         for task in tasks:
             task.index, task.batch = -1, None
             task.set_state(JobState.HELD)
-            for call in task.calls:
-                call.index = -1
-                if call.future is not None:
-                    call.future._job_dir = call.future._task_index = None
+        for call in batch.calls():
+            call.index, call.batch = -1, None
+            if call.future is not None:
+                call.future._job_dir = call.future._task_index = None
         core.batches.remove(batch)
         core.spawn(core.remove_quietly([batch.job_dir]))
         core.held.extendleft(reversed(tasks))

@@ -117,12 +117,15 @@ class Engine:
         )
         if not await self.environment.check_python_and_layout():
             await self.transport.write_bytes(core.worker_path, bundle.data, mode=0o644)
+        self.scheduler.attach(work_dir=core.work_dir, jobs_root=core.jobs_root)
         await self.scheduler.discover(core.run_scheduler_command)
+        if core.max_workers is None:  # a backend without a queue caps how many run at once
+            core.max_workers = self.scheduler.default_max_workers()
         self._submitter = Submitter(
             core,
             Sender(core, self.environment, self._job_environment),
             register=self._recovery.register,
-            flush_cancels=self._canceller.flush,
+            canceller=self._canceller,
         )
         self._loops = [core.spawn(self._submitter.loop()), core.spawn(self._monitor.loop())]
 

@@ -168,8 +168,20 @@ class Scheduler(ABC):
         """The backend as ``config`` sets it up (the registry builds it this way)."""
         return cls()
 
+    def attach(self, *, work_dir: str, jobs_root: str) -> None:
+        """Told once, before :meth:`discover`, where ``remote_work_dir`` is on the cluster
+        and where the job directories live (``<jobs_root>/<name>``), both absolute: for a
+        backend whose commands read files there. Default: not needed."""
+        return None
+
     async def discover(self, run: RunCommand) -> None:
         """Read facts about the cluster once (array size limit, accounting). Default: none."""
+        return None
+
+    def default_max_workers(self) -> int | None:
+        """``max_workers`` when the config leaves it unset (asked after :meth:`discover`).
+        None: no limit but the cluster's own, for a scheduler that queues what cannot run
+        yet; a backend without a queue says how many jobs the machine runs at once."""
         return None
 
     def slots(self, resources: Resources) -> int | None:

@@ -257,7 +257,6 @@ def test_function_inside_an_argument_runs_remotely(
     assert list(results) == [[10, 2], [20, 50, 2]]
 
 
-@pytest.mark.xfail(strict=True, reason="wired in executor.py by the lead")
 def test_function_inside_an_argument_through_the_executor(
     make: Callable[..., ClusterExecutor],
 ) -> None:

@@ -60,7 +60,7 @@ def test_default_chunking_uses_the_partition_slots(
     executor = make_slurm()
     pids = list(executor.map(jf.pid_of, range(200)))
     assert len(pids) == 200
-    # 2 CPUs x OverSubscribe=FORCE:8 = 16 slots: at most 16 jobs, 13 calls each
+    # 2 CPUs x OverSubscribe=FORCE:8 = 16 slots: one array of at most 16 tasks sharing the calls
     assert 1 < len(set(pids)) <= 16
 
 
