@@ -24,6 +24,7 @@ class LoopThread:
 
     def __init__(self, name: str) -> None:
         self.loop = asyncio.new_event_loop()
+        self._stop_lock = threading.Lock()  # stop() may be called from two threads at once
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._thread.start()
 
@@ -69,11 +70,20 @@ class LoopThread:
             self.loop.call_soon_threadsafe(callback, *args)
 
     def stop(self) -> None:
-        """Cancel what still runs, stop the loop and join its thread. Idempotent."""
-        if self.loop.is_closed():
-            return
+        """Cancel what still runs, stop the loop and join its thread. Idempotent, and safe
+        from several threads at once."""
         if self.in_loop_thread:
             raise RuntimeError("the loop cannot stop itself from its own thread")
+        with self._stop_lock:
+            self._stop()
+
+    def stop_soon(self) -> None:
+        """:meth:`stop` from another thread, without waiting (callable from the loop)."""
+        threading.Thread(target=self.stop, name=f"{self._thread.name}-stop", daemon=True).start()
+
+    def _stop(self) -> None:
+        if self.loop.is_closed():
+            return
 
         async def _cancel_all() -> None:
             tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]

@@ -346,19 +346,19 @@ class ClusterExecutor(_Submitter, FileSystemMixin, Executor):
             return
         if cancel_futures:
             self._loop.run(self._engine.cancel_pending())
+        if not already:
+            # One closing, whoever asks for it: an earlier shutdown(wait=False) (a with
+            # block ends with shutdown(wait=True)) must not race a second close.
+            self._closing = self._loop.submit(self._close_when_idle())
         if wait:
-            self._loop.run(self._engine.wait_idle())
-            if self._loop.running:
-                self._loop.run(self._engine.close())
+            self._closing.result()
             self._loop.stop()
-        elif not already:
-            self._loop.submit(self._close_when_idle())
         _live_executors.discard(self)
 
     async def _close_when_idle(self) -> None:
         await self._engine.wait_idle()
         await self._engine.close()
-        self._loop.loop.stop()
+        self._loop.stop_soon()  # no thread left behind by shutdown(wait=False)
 
     def __repr__(self) -> str:
         state = "shut down" if self._shutdown else "open"

@@ -49,7 +49,9 @@ class JobState(enum.Enum):
     #: Stopped at its time limit.
     TIMED_OUT = "timed_out"
     #: Ended by the infrastructure, not by the call (node failure, preemption, boot failure),
-    #: or out of clustrix's sight for good: ``max_retries`` resubmits these.
+    #: or out of clustrix's sight for good. ``max_retries`` resubmits the calls of jobs the
+    #: scheduler reports lost; a job gone without any trace is not resubmitted (it may have
+    #: run: its calls fail with ``JobLostError`` rather than maybe run twice).
     LOST = "lost"
 
     @property

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import posixpath
 import time
 
 from .. import _wire
@@ -19,7 +20,7 @@ from ..lifecycle import JobState
 from ..monitor import parse_poll_output, poll_delay, poll_script
 from ._collect import Collector, Ended
 from ._core import Core, log
-from ._model import Batch, Call, claim_path
+from ._model import Batch, Call, Task, claim_path
 
 __all__ = ["MAX_DELETE", "Monitor"]
 
@@ -116,7 +117,7 @@ class Monitor:
         consumed, core.consumed = core.consumed[:MAX_DELETE], core.consumed[MAX_DELETE:]
         script = poll_script(status_argv, [b.job_dir for b in batches], core.jobs_root, consumed)
         core.stats["poll_cycles"] += 1
-        result = await core.run(["sh", "-c", script], counts_as=status_argv[0])
+        result = await core.run(["sh", "-c", script], counts_as=posixpath.basename(status_argv[0]))
         seen = parse_poll_output(result.stdout)
         status_ok = seen.status_ok or scheduler.status_ok_anyway(seen.status_text)
         statuses = scheduler.parse_status(seen.status_text) if status_ok else {}
@@ -130,9 +131,12 @@ class Monitor:
             for path, call in batch.paths.items()
             if not call.resolved and path in seen.result_paths
         ]
+        unread: set[Task] = set()
         if new:
             changed = True
             await self.collector.fetch_results(new)
+            # a result that is there but could not be read yet is not a missing result
+            unread = {c.task for c in new if not c.resolved and c.task is not None}
 
         ended: list[Ended] = []
         for task in tasks:
@@ -153,7 +157,7 @@ class Monitor:
             if state in (JobState.QUEUED, JobState.REQUEUED):
                 # requeued (preempted, node failure): an exit status is from the run before
                 exit_code, task.grace_used = None, False
-            if exit_code is None and not gone:
+            if (exit_code is None and not gone) or task in unread:
                 continue
             if not task.open_calls():
                 self.collector.finalize(task, status, exit_code)

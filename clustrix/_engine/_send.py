@@ -28,11 +28,15 @@ from ._core import Core, log
 from ._jobdir import UNPACK_AND_SUBMIT, UNPACK_FAILED, job_files, tar, upload
 from ._model import Batch, Task, describe_request
 
-__all__ = ["Sender", "TooManyTasks"]
+__all__ = ["NothingToSubmit", "Sender", "TooManyTasks"]
 
 
 class TooManyTasks(Exception):
     """The scheduler refused a submission for a job count limit it may never fit under."""
+
+
+class NothingToSubmit(Exception):
+    """Every call of a refused submission was cancelled before it could be sent again."""
 
 
 class Sender:
@@ -194,4 +198,6 @@ class Sender:
             log.warning("clustrix: %s: %s; retrying in %.0f s", argv[0], message, delay_s)
             core.stats["submit_retries"] += 1
             await asyncio.sleep(delay_s)
+            if not any(t.open() for t in tasks):
+                raise NothingToSubmit  # every call was cancelled while we waited
             delay_s = min(60.0, delay_s * 2)

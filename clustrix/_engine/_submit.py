@@ -19,7 +19,7 @@ from ..lifecycle import JobState
 from ._cancel import Canceller
 from ._core import Core
 from ._model import Batch, Task, result_path
-from ._send import Sender, TooManyTasks
+from ._send import NothingToSubmit, Sender, TooManyTasks
 
 __all__ = ["BATCH_MAX_WAIT_S", "BATCH_WINDOW_S", "Submitter"]
 
@@ -158,6 +158,13 @@ class Submitter:
             job_ids = await self.sender.submit(batch, throttle)
         except TooManyTasks:
             self._split(batch)
+            return
+        except NothingToSubmit:
+            for task in tasks:
+                task.set_state(JobState.CANCELLED)
+            core.batches.remove(batch)
+            core.spawn(core.remove_quietly([job_dir]))
+            core.update_idle()
             return
         except (ClusterError, OSError) as exc:
             error = exc if isinstance(exc, ClusterError) else TransportError(str(exc))

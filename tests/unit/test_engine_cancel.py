@@ -6,7 +6,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-import pytest
 from fakes import FakeScheduler, FakeTransport, wait_until
 
 from clustrix import ClusterExecutor, ClusterFuture, JobFailedError
@@ -139,12 +138,6 @@ def test_a_call_cancelled_while_its_submission_is_under_way_is_cancelled_once_it
     assert futures[0].cancelled()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: a submission none of whose calls is wanted any more keeps being "
-    "retried while the scheduler says 'not now' (up to submit_retry_s), and "
-    "shutdown(cancel_futures=True) waits for it",
-)
 def test_shutdown_cancelling_futures_gives_up_a_refused_submission(
     make_fake_executor: Make, fake_scheduler: FakeScheduler
 ) -> None:
@@ -160,12 +153,6 @@ def test_shutdown_cancelling_futures_gives_up_a_refused_submission(
     assert fake_scheduler.submissions == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="executor bug: shutdown(wait=True) after shutdown(wait=False) (as a with-block "
-    "does) hangs forever when the calls finish meanwhile: the loop stops itself once idle "
-    "while the second shutdown's engine.close() still waits on it",
-)
 def test_shutdown_waiting_after_shutdown_without_waiting_returns(
     make_fake_executor: Make, fake_scheduler: FakeScheduler, fake_transport: FakeTransport
 ) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import pytest
 from fakes import FakeScheduler, FakeTransport, wait_until
 
 from clustrix import (
@@ -54,11 +53,6 @@ def test_one_status_command_per_poll_cycle_whatever_the_number_of_jobs(
     assert len(fake_transport.commands("fake-submit")) == 50
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: the poll is counted as commands.<full argv[0]> (the status "
-    "command's path), every other command as commands.<basename>",
-)
 def test_status_commands_are_counted_by_program_name(
     make_fake_executor: Make, fake_scheduler: FakeScheduler
 ) -> None:
