@@ -86,7 +86,9 @@ def render_body(spec: JobSpec, task_index: str, *, requeue_command: str | None =
     # The task index is read before the user's variables are exported (a user variable
     # named like the scheduler's must not move the task), and the script's own variables
     # carry a _clx_ prefix that user variables may not use (see ClusterConfig).
-    lines = ["set -u", f"_clx_task={task_index}"]
+    # umask 077: what the job creates (logs, __pycache__ of shipped code, results) is
+    # private even where the scheduler does not pass on the submitter's umask.
+    lines = ["set -u", "umask 077", f"_clx_task={task_index}"]
     lines += setup_lines(spec.module_loads, spec.environment)
     python_path = spec.worker_path + (f":{spec.code_path}" if spec.code_path else "")
     lines += [

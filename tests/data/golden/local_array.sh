@@ -1,6 +1,7 @@
 #!/bin/sh
 # clustrix job clustrix-simulate: 10 task(s)
 set -u
+umask 077
 _clx_task="$1"
 module load gcc/12
 module load python/3.11

@@ -1,6 +1,7 @@
 #!/bin/sh
 # clustrix job clustrix-simulate: 1 task(s)
 set -u
+umask 077
 _clx_task="$1"
 _clx_job_dir=/home/u/.clustrix/jobs/5e1d0c
 _clx_exit_dir=/home/u/.clustrix/jobs/5e1d0c/exit

@@ -14,6 +14,7 @@
 #SBATCH --constraint=skylake
 #SBATCH --exclusive
 set -u
+umask 077
 _clx_task="${SLURM_ARRAY_TASK_ID:-0}"
 module load gcc/12
 module load python/3.11

@@ -8,6 +8,7 @@
 #SBATCH --signal=B:USR2@120
 #SBATCH --requeue
 set -u
+umask 077
 _clx_task="${SLURM_ARRAY_TASK_ID:-0}"
 _clx_job_dir=/home/u/.clustrix/jobs/5e1d0c
 _clx_exit_dir=/home/u/.clustrix/jobs/5e1d0c/exit

@@ -5,6 +5,7 @@
 #SBATCH --open-mode=append
 #SBATCH --cpus-per-task=1
 set -u
+umask 077
 _clx_task="${SLURM_ARRAY_TASK_ID:-0}"
 _clx_job_dir=/home/u/.clustrix/jobs/5e1d0c
 _clx_exit_dir=/home/u/.clustrix/jobs/5e1d0c/exit
