@@ -11,7 +11,7 @@ import asyncio
 import logging
 import posixpath
 from collections import Counter, deque
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 from .._loop import LoopThread
@@ -55,6 +55,9 @@ class Core:
         #: Counters: ``poll_cycles`` and ``commands.<program>`` run on the cluster.
         self.stats: Counter[str] = Counter()
         self.broken: BaseException | None = None
+        #: Called on the loop thread after every poll cycle (progress displays): the
+        #: futures' states are fresh then, and no extra command is run for them.
+        self.poll_listeners: list[Callable[[], None]] = []
         self.background: set[asyncio.Task[Any]] = set()
         self.work_dir = self.jobs_root = self.worker_path = ""
 

@@ -47,6 +47,11 @@ class Monitor:
             try:
                 await self.poll_once()
                 self.lost_since = None
+                for listener in list(core.poll_listeners):
+                    try:
+                        listener()
+                    except Exception:  # a display must never stop the monitor
+                        log.exception("clustrix: poll listener failed")
             except (TransportError, OSError) as exc:
                 # The connection may come back (the transport reconnects on the next call);
                 # futures keep waiting, up to the grace period.

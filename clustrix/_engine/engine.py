@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from .._bundle import worker_bundle
@@ -187,6 +188,20 @@ class Engine:
     async def wait_idle(self) -> None:
         """Return once no call is outstanding."""
         await self._core.idle.wait()
+
+    def add_poll_listener(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call ``listener()`` on the loop thread after every poll cycle (thread-safe);
+        returns the function that removes it again."""
+        self._loop.call_soon(self._core.poll_listeners.append, listener)
+
+        def remove() -> None:
+            def drop() -> None:
+                if listener in self._core.poll_listeners:
+                    self._core.poll_listeners.remove(listener)
+
+            self._loop.call_soon(drop)
+
+        return remove
 
     async def recover(self) -> list[ClusterFuture[Any]]:
         """Futures for the calls of submissions whose submitting process has died."""
