@@ -12,6 +12,7 @@ A job directory holds::
                       the task index) or by the client that cancelled it (``cancelled``)
     claims/.task-<t>  the calls task <t> claimed, one per line (a requeued task reruns them)
     results/<c>.pkl   sealed result record of call <c> (written to a temp name, then renamed)
+    results/done/<c>.pkl  the same, once the client has read it (moved by the next poll)
     logs/<t>.out|err  stdout / stderr of task <t>
     exit/<t>          exit status of task <t>'s worker, written by the job script
 
@@ -45,6 +46,8 @@ RESULTS_DIR = "results"
 LOGS_DIR = "logs"
 EXIT_DIR = "exit"
 CLAIMS_DIR = "claims"
+#: Under RESULTS_DIR: result files the client has read (kept for recover(), no longer listed).
+DONE_DIR = "done"
 #: The task file of a self-scheduled submission (in TASKS_DIR).
 POOL_FILE = "pool"
 #: What a claim file holds when the client cancelled the call before anyone took it.

@@ -5,7 +5,8 @@ Each poll cycle runs ONE shell command on the cluster that prints, in this order
 1. the scheduler's status of every outstanding job (one ``squeue``/``ps``, never one per job),
 2. the exit status files the job scripts wrote (``exit/<task>``) and, in self-scheduled
    submissions, the claim files of the calls the tasks took (``claims/<call>``),
-3. the result files the workers wrote (``results/<call>.pkl``).
+3. the result files the workers wrote (``results/<call>.pkl``), and over a slow link the
+   content of the small ones too (a base64 tar): no read per result.
 
 The order matters: a job reported ended in (1) wrote its exit file before, and its results
 before that, so (2) and (3) see them; a call's claim is made before it runs, so a result in
@@ -14,13 +15,20 @@ before that, so (2) and (3) see them; a call's claim is made before it runs, so 
 
 from __future__ import annotations
 
+import base64
+import io
+import logging
+import posixpath
 import shlex
+import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from . import _wire
 
 __all__ = ["PollOutput", "parse_poll_output", "poll_delay", "poll_script"]
+
+log = logging.getLogger("clustrix")
 
 MARK = "@@clustrix-poll@@"
 #: Beyond this many job directories, scan the whole jobs root instead of listing each one,
@@ -33,15 +41,29 @@ def poll_script(
     job_dirs: Sequence[str],
     jobs_root: str,
     consumed: Sequence[str] = (),
+    *,
+    fetched: Sequence[str] = (),
+    bundle_kib: int = 0,
 ) -> str:
     """The ``sh`` script of one poll cycle.
 
-    ``consumed`` are files read already (results fetched, exit files of finished tasks):
-    deleting them here, in the same round trip, keeps every later listing short.
+    ``consumed`` are files read for the last time (exit files of finished tasks): deleting
+    them here, in the same round trip, keeps every later listing short. ``fetched`` are
+    result files already read: moved into ``results/done/`` (kept for a ``recover()`` after
+    a crash, but no longer listed). With ``bundle_kib``, the result files listed and smaller
+    than that many KiB also come back in the same output (a base64 tar, after the listing):
+    over a slow link, no read per result.
     """
-    lines = []
+    lines = ["umask 077"]  # the done/ directories are as private as the rest
     if consumed:
         lines.append(f"rm -f -- {' '.join(shlex.quote(p) for p in consumed)}")
+    by_dir: dict[str, list[str]] = {}
+    for path in fetched:
+        by_dir.setdefault(posixpath.dirname(path), []).append(path)
+    for directory, paths in by_dir.items():
+        done = shlex.quote(f"{directory}/{_wire.DONE_DIR}")
+        files = " ".join(shlex.quote(p) for p in paths)
+        lines.append(f"mkdir -p {done} && mv -f -- {files} {done}/ 2>/dev/null")
     if status_argv:
         lines.append(f'{shlex.join(status_argv)} 2>&1; echo "{MARK} $?"')
     else:
@@ -57,7 +79,16 @@ def poll_script(
     claims = f"-path '*/{_wire.EXIT_DIR}/[0-9]*' -o -path '*/{_wire.CLAIMS_DIR}/[0-9]*'"
     lines.append(f"{find} \\( {claims} \\) -exec grep -H '' {{}} + 2>/dev/null")
     lines.append(f'echo "{MARK}"')
-    lines.append(f"{find} -path '*/{_wire.RESULTS_DIR}/*{_wire.SUFFIX}' ! -name '.*' 2>/dev/null")
+    results = f"{find} -path '*/{_wire.RESULTS_DIR}/*{_wire.SUFFIX}' ! -name '.*'"
+    lines.append(f"{results} 2>/dev/null")
+    if bundle_kib:
+        # found again (a result that appeared meanwhile is simply one more); xargs -r: no
+        # tar at all when there is nothing new
+        lines.append(f'echo "{MARK}"')
+        lines.append(
+            f"{results} -size -{bundle_kib}k -print0 2>/dev/null"
+            " | xargs -0 -r tar -cf - 2>/dev/null | base64"
+        )
     lines.append("exit 0")
     return "\n".join(lines)
 
@@ -72,6 +103,8 @@ class PollOutput:
     exit_codes: dict[str, int] = field(default_factory=dict)
     #: paths of the result files present
     result_paths: set[str] = field(default_factory=set)
+    #: the content of the result files that came with the listing (``bundle_kib``)
+    result_data: dict[str, bytes] = field(default_factory=dict)
     #: who claimed each call of a self-scheduled submission, by claim-file path
     #: (``<job_dir>/claims/<call>``): a task index, or ``cancelled``
     claims: dict[str, str] = field(default_factory=dict)
@@ -93,8 +126,28 @@ def parse_poll_output(stdout: str) -> PollOutput:
             output.claims[path] = value.strip()
         elif value.strip().lstrip("-").isdigit():
             output.exit_codes[path] = int(value)
-    output.result_paths = {line for line in results_part.splitlines() if line}
+    listing, _, bundle = results_part.partition(MARK)
+    output.result_paths = {line for line in listing.splitlines() if line}
+    if bundle.strip():
+        output.result_data = _untar(bundle)
     return output
+
+
+def _untar(text: str) -> dict[str, bytes]:
+    """The files of the base64 tar(s) in ``text``, by absolute path (tar drops the '/')."""
+    files: dict[str, bytes] = {}
+    try:
+        data = base64.b64decode(text)
+        # ignore_zeros: xargs may have run tar more than once, each with its own archive
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:", ignore_zeros=True) as archive:
+            for member in archive:
+                handle = archive.extractfile(member) if member.isfile() else None
+                if handle is not None:
+                    files["/" + member.name.lstrip("/")] = handle.read()
+    except (ValueError, tarfile.TarError, EOFError) as exc:
+        # a cut-off bundle: the listed results are then read one by one
+        log.warning("clustrix: unreadable result bundle (%s); reading the files instead", exc)
+    return files
 
 
 def poll_delay(age_s: float, min_s: float, max_s: float, fraction: float = 0.1) -> float:

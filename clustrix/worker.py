@@ -269,7 +269,10 @@ def run_task(job_dir: str, task_index: int) -> int:
         return os.path.join(results_dir, f"{call_index}{_wire.SUFFIX}")
 
     def done(call_index: int) -> bool:
-        return os.path.exists(result_path(call_index))
+        name = f"{call_index}{_wire.SUFFIX}"  # read by the client already: moved to done/
+        return os.path.exists(result_path(call_index)) or os.path.exists(
+            os.path.join(results_dir, _wire.DONE_DIR, name)
+        )
 
     # A job the scheduler started again (requeued) does not redo the calls it finished.
     pending = [call for call in calls if not done(call[0])]

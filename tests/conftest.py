@@ -12,6 +12,17 @@ from clustertools import BACKENDS, backend_config
 from clustrix import ClusterExecutor
 
 
+#: Modules whose tests take a shared daemon down (sshd, slurmd, a node) or change account
+#: limits: they run alone, after the others, which may run in parallel (scripts/test).
+DISRUPTIVE_MODULES = {"test_faults.py", "test_limits.py", "test_submit_faults.py"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in DISRUPTIVE_MODULES:
+            item.add_marker(pytest.mark.disruptive)
+
+
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)

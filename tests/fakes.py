@@ -517,7 +517,7 @@ class FakeScheduler(Scheduler):
             ran = sorted(
                 int(name.removesuffix(_wire.SUFFIX))
                 for name in {p.name for p in results.iterdir()} - before
-                if not name.startswith(".")
+                if not name.startswith(".") and name.endswith(_wire.SUFFIX)
             )
         with self._lock:
             self.ran.append((job_id, ran))

@@ -46,21 +46,26 @@ class Collector:
             return status
         return None
 
-    async def fetch_results(self, calls: list[Call]) -> None:
-        """Read, verify and deliver the results of ``calls``."""
+    async def fetch_results(self, calls: list[Call], came_along: dict[str, bytes]) -> None:
+        """Verify and deliver the results of ``calls``: those in ``came_along`` (sent with
+        the poll) as they are, the others read from the cluster."""
         # In rounds: 10,000 results that show up at once must not mean 10,000 reads (and
         # their data) in flight together.
         for start in range(0, len(calls), FETCH_ROUND):
-            await self._fetch_round(calls[start : start + FETCH_ROUND])
+            await self._fetch_round(calls[start : start + FETCH_ROUND], came_along)
 
-    async def _fetch_round(self, calls: list[Call]) -> None:
+    async def _fetch_round(self, calls: list[Call], came_along: dict[str, bytes]) -> None:
         core = self.core
         limit = asyncio.Semaphore(IO_CONCURRENCY)
 
         async def fetch(call: Call) -> bytes:
             assert call.batch is not None
+            path = result_path(call.batch, call)
+            data = came_along.get(path)
+            if data is not None:
+                return data
             async with limit:
-                return await core.transport.read_bytes(result_path(call.batch, call))
+                return await core.transport.read_bytes(path)
 
         datas = await asyncio.gather(*(fetch(c) for c in calls), return_exceptions=True)
         for call, data in zip(calls, datas, strict=True):
@@ -85,6 +90,7 @@ class Collector:
             if call.task is None and isinstance(owner, int) and 0 <= owner < len(batch.tasks):
                 batch.assign(call, batch.tasks[owner])  # it ran before its claim was seen
             value, exception = decode_result(record)
+            core.fetched.append(result_path(batch, call))  # read: no longer listed
             core.resolve(call, value, exception)
 
     async def fail_ended(self, ended: list[Ended]) -> None:

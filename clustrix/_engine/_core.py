@@ -52,6 +52,7 @@ class Core:
         self.to_cancel: set[str] = set()  # job IDs the next cancel command cancels
         self.finished_dirs: list[str] = []  # job dirs to delete at close (cleanup policy)
         self.consumed: list[str] = []  # files the next poll deletes (see Collector.consume)
+        self.fetched: list[str] = []  # result files read: the next poll moves them to done/
         #: Counters: ``poll_cycles`` and ``commands.<program>`` run on the cluster.
         self.stats: Counter[str] = Counter()
         self.broken: BaseException | None = None

@@ -22,10 +22,12 @@ from ._collect import Collector, Ended
 from ._core import Core, log
 from ._model import Batch, Call, Task, claim_path
 
-__all__ = ["MAX_DELETE", "Monitor"]
+__all__ = ["BUNDLE_KIB", "MAX_DELETE", "Monitor"]
 
-#: At most this many consumed files are deleted by one poll command (keeps it short).
+#: At most this many consumed files are deleted (or moved) by one poll command.
 MAX_DELETE = 1000
+#: Result files smaller than this (KiB) come back with the poll over a costly transport.
+BUNDLE_KIB = 512
 
 
 class Monitor:
@@ -120,7 +122,16 @@ class Monitor:
         job_ids = [t.job_id for t in tasks if t.job_id]
         status_argv = scheduler.status_argv(job_ids)
         consumed, core.consumed = core.consumed[:MAX_DELETE], core.consumed[MAX_DELETE:]
-        script = poll_script(status_argv, [b.job_dir for b in batches], core.jobs_root, consumed)
+        fetched, core.fetched = core.fetched[:MAX_DELETE], core.fetched[MAX_DELETE:]
+        script = poll_script(
+            status_argv,
+            [b.job_dir for b in batches],
+            core.jobs_root,
+            consumed,
+            fetched=fetched,
+            # over a slow link the small results come with the listing: no read per result
+            bundle_kib=BUNDLE_KIB if core.transport.round_trips_are_costly else 0,
+        )
         core.stats["poll_cycles"] += 1
         result = await core.run(["sh", "-c", script], counts_as=posixpath.basename(status_argv[0]))
         seen = parse_poll_output(result.stdout)
@@ -139,7 +150,7 @@ class Monitor:
         unread: set[Task] = set()
         if new:
             changed = True
-            await self.collector.fetch_results(new)
+            await self.collector.fetch_results(new, seen.result_data)
             # a result that is there but could not be read yet is not a missing result
             unread = {c.task for c in new if not c.resolved and c.task is not None}
 

@@ -10,6 +10,7 @@ import socket
 import time
 from typing import Any
 
+from .. import _wire
 from ..future import ClusterFuture, _JobControl
 from ..lifecycle import JobState
 from ..registry import SubmissionRecord
@@ -17,6 +18,12 @@ from ._core import Core, log
 from ._model import Batch, Call, Pool, Task, result_path
 
 __all__ = ["Recovery"]
+
+#: ``sh -c`` script: for each job dir in "$@", results/done/*.pkl back into results/.
+_RESULTS_BACK = (
+    'for d; do r="$d/' + _wire.RESULTS_DIR + '"; [ -d "$r/' + _wire.DONE_DIR + '" ] && '
+    'mv -f "$r/' + _wire.DONE_DIR + '"/*' + _wire.SUFFIX + ' "$r/" 2>/dev/null; done; exit 0'
+)
 
 
 class Recovery:
@@ -53,7 +60,14 @@ class Recovery:
         submitting process has died; nothing is resubmitted."""
         core = self.core
         futures: list[ClusterFuture[Any]] = []
-        for record in core.registry.pending(core.transport.location, core.work_dir):
+        records = core.registry.pending(core.transport.location, core.work_dir)
+        if records:
+            # The dead process had read some results (moved to results/done/): this one
+            # reads them again, so they go back where the poll lists them.
+            await core.run(
+                ["sh", "-c", _RESULTS_BACK, "clustrix-recover", *(r.job_dir for r in records)]
+            )
+        for record in records:
             futures.extend(self._adopt(record))
         return futures
 

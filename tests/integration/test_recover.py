@@ -50,7 +50,7 @@ def test_a_new_process_recovers_every_result(tmp_path: Path) -> None:
         text=True,
         timeout=300,
     )
-    assert dead.returncode == 1, dead.stderr
+    assert dead.returncode == 1 and dead.stdout.strip(), dead.stderr
     job_ids = json.loads(dead.stdout.strip().splitlines()[-1])
     assert len(job_ids) == 24
     assert len(list((state_dir / "submissions").glob("*.json"))) == 1

@@ -237,3 +237,40 @@ def test_a_failing_status_command_does_not_fail_the_calls(
     assert not future.done()
     fake_scheduler.work(job)  # the results are still collected
     assert future.result(timeout=30) == 64
+
+
+def test_fifty_results_come_with_one_poll_round_trip_and_no_reads(
+    make_fake_executor: Make, fake_scheduler: FakeScheduler, fake_transport: FakeTransport
+) -> None:
+    """Over a costly transport the poll that lists the results also brings them (a tar in
+    its output): no read per result; the next poll moves them out of the listing."""
+    ex = make_fake_executor()
+    futures = ex.submit_map(pow, range(50), [2] * 50, chunksize=1)
+    (submission,) = fake_scheduler.wait_submissions(1)
+    wait_until(lambda: all(f.job_id is not None for f in futures), "the job IDs")
+    for task in range(50):
+        fake_scheduler.run(f"{submission.base_id}_{task}")
+    before = polls(fake_scheduler)
+    assert [f.result(timeout=30) for f in futures] == [i**2 for i in range(50)]
+    assert fake_transport.ops["read_bytes"] == 0
+    # everything came back within a poll cycle or two after the jobs ended
+    assert polls(fake_scheduler) - before <= 3
+
+
+def test_results_are_read_one_by_one_over_a_cheap_transport(
+    tmp_path: Any, fake_scheduler: FakeScheduler
+) -> None:
+    from fakes import fake_config, shut_down
+
+    transport = FakeTransport(costly=False, home=str(tmp_path / "home"))
+    ex = ClusterExecutor(fake_config(tmp_path), scheduler=fake_scheduler, transport=transport)
+    try:
+        futures = ex.submit_map(pow, range(5), [2] * 5, chunksize=1)
+        (submission,) = fake_scheduler.wait_submissions(1)
+        wait_until(lambda: all(f.job_id is not None for f in futures), "the job IDs")
+        for task in range(5):
+            fake_scheduler.run(f"{submission.base_id}_{task}")
+        assert [f.result(timeout=30) for f in futures] == [i**2 for i in range(5)]
+        assert transport.ops["read_bytes"] == 5  # local reads are cheap: no tar
+    finally:
+        shut_down(ex, fake_scheduler, transport)

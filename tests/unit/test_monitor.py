@@ -168,3 +168,28 @@ def test_poll_delay_grows_with_age_and_stays_bounded(
     assert all(min_s <= d <= max_s for d in delays)
     # the extra wait for a result is at most 10 % of the job's age (or the floor)
     assert all(d <= max(min_s, 0.1 * age) for d, age in zip(delays, sorted(ages), strict=True))
+
+
+def test_fetched_results_move_to_done_and_small_ones_come_bundled(
+    jobs_root: Path, job_dir: Path
+) -> None:
+    results = job_dir / _wire.RESULTS_DIR
+    (results / "6.pkl").write_bytes(b"CLX1 six")
+    (results / "7.pkl").write_bytes(b"x" * 300_000)  # over the bundle limit: listed only
+    script = poll_script(
+        None, [str(job_dir)], str(jobs_root), fetched=[str(results / "3.pkl")], bundle_kib=256
+    )
+    seen = parse_poll_output(run_poll(script))
+    assert (results / _wire.DONE_DIR / "3.pkl").read_bytes() == b"CLX1..."
+    assert not (results / "3.pkl").exists()
+    assert seen.result_paths == {str(results / "6.pkl"), str(results / "7.pkl")}
+    assert seen.result_data == {str(results / "6.pkl"): b"CLX1 six"}
+    assert oct((results / _wire.DONE_DIR).stat().st_mode & 0o777) == "0o700"
+
+
+def test_nothing_new_means_no_bundle(jobs_root: Path, job_dir: Path) -> None:
+    (job_dir / _wire.RESULTS_DIR / "3.pkl").unlink()
+    script = poll_script(None, [str(job_dir)], str(jobs_root), bundle_kib=256)
+    output = run_poll(script)
+    assert parse_poll_output(output).result_data == {}
+    assert output.rstrip().endswith(MARK)  # xargs -r ran no tar: not even an empty archive
