@@ -49,6 +49,7 @@ if TYPE_CHECKING:
         cluster_stat,
     )
     from .future import ClusterFuture
+    from .progress import Progress
 
 
 # Public names are imported on first use (PEP 562): ``python -m clustrix.worker`` on a node
@@ -71,6 +72,7 @@ _LAZY = {
     "JobFailedError": "errors",
     "JobLostError": "errors",
     "PackagingError": "errors",
+    "Progress": "progress",
     "RemoteError": "errors",
     "RemoteTraceback": "errors",
     "Resources": "config",
@@ -125,6 +127,7 @@ __all__ = [
     "JobFailedError",
     "JobLostError",
     "PackagingError",
+    "Progress",
     "RemoteError",
     "RemoteTraceback",
     "Resources",

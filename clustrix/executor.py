@@ -34,7 +34,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._engine import Engine, Task
 from ._factory import make_scheduler, make_transport
@@ -49,7 +49,10 @@ from .registry import JobRegistry, default_state_dir
 from .schedulers.base import Scheduler
 from .transports.base import Transport
 
-__all__ = ["ClusterExecutor", "ExecutorView"]
+if TYPE_CHECKING:
+    from .progress import Progress
+
+__all__ = ["ClusterExecutor", "ExecutorView", "default_python"]
 
 T = TypeVar("T")
 
@@ -59,6 +62,14 @@ _live_executors: set[ClusterExecutor] = set()
 #: map() plans the environment from the function and this many first calls' arguments.
 _PLAN_SAMPLE = 100
 _executor_ids = itertools.count(1)
+
+
+def default_python(config: ClusterConfig) -> str:
+    """The Python jobs run with: ``python_executable``, else this interpreter for a local
+    cluster, ``python3`` on a remote one."""
+    if config.python_executable:
+        return config.python_executable
+    return sys.executable if not config.is_remote else "python3"
 
 
 def job_name_for(fn: Callable[..., Any], resources: Resources) -> str:
@@ -90,6 +101,7 @@ class _Submitter:
         *iterables: Iterable[Any],
         timeout: float | None = None,
         chunksize: int | None = None,
+        progress: bool = False,
     ) -> Iterator[T]:
         """Like :meth:`concurrent.futures.Executor.map`, as a pool of cluster jobs.
 
@@ -101,17 +113,27 @@ class _Submitter:
         call nobody has taken yet: a slow call holds up only the task that runs it.
         ``chunksize=k`` runs exactly k calls per job instead (``chunksize=1``: one scheduler
         job per call). A call that raises fails only its own result.
+
+        ``progress=True`` shows how many calls are done, pending, running and failed while
+        they run, in a terminal or a notebook (:class:`clustrix.Progress`), from the polls
+        the executor makes anyway.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         futures = self.submit_map(fn, *iterables, chunksize=chunksize)
-        return _results_in_order(futures, deadline)
+        shown = _progress_of(fn, futures) if progress else None
+        return _results_in_order(futures, deadline, shown)
 
     def submit_map(
-        self, fn: Callable[..., T], *iterables: Iterable[Any], chunksize: int | None = None
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        chunksize: int | None = None,
+        progress: bool = False,
     ) -> list[ClusterFuture[T]]:
         """The futures of ``map``: one per call, in input order (see :meth:`map`).
 
         Every call is pickled before any is submitted: a bad argument submits nothing.
+        ``progress=True``: as for :meth:`map`, shown until the last call is done.
         """
         if chunksize is not None and chunksize < 1:
             raise ValueError(f"chunksize must be >= 1 (or None for automatic), got {chunksize}")
@@ -120,7 +142,10 @@ class _Submitter:
         plan = self._executor._plan(fn, calls[:_PLAN_SAMPLE], {})
         function = dumps_function(fn)  # once: every call shares these bytes
         payloads = [(function, dumps_arguments(args, {}, call=i)) for i, args in enumerate(calls)]
-        return self._executor._enqueue(fn, payloads, chunksize, self._resources, plan)
+        futures = self._executor._enqueue(fn, payloads, chunksize, self._resources, plan)
+        if progress:
+            _progress_of(fn, futures)  # closes itself with the last call
+        return futures
 
     def options(self, **resources: Any) -> ExecutorView:
         """A view of the same executor whose jobs ask for other resources.
@@ -140,7 +165,15 @@ def _result_or_cancel(future: ClusterFuture[T], timeout: float | None = None) ->
         future.cancel()
 
 
-def _results_in_order(futures: list[ClusterFuture[T]], deadline: float | None) -> Iterator[T]:
+def _progress_of(fn: Callable[..., Any], futures: list[ClusterFuture[T]]) -> Progress:
+    from .progress import Progress  # only for those who ask
+
+    return Progress(futures, desc=getattr(fn, "__name__", None))
+
+
+def _results_in_order(
+    futures: list[ClusterFuture[T]], deadline: float | None, progress: Progress | None = None
+) -> Iterator[T]:
     # As in CPython's Executor.map: pop from a reversed list and keep no name for the
     # future while suspended at the yield, so each yielded result is referenced only by
     # the consumer; cancel what is left however the loop ends.
@@ -154,6 +187,8 @@ def _results_in_order(futures: list[ClusterFuture[T]], deadline: float | None) -
     finally:
         for future in futures:
             future.cancel()
+        if progress is not None:
+            progress.close()
 
 
 class ClusterExecutor(_Submitter, FileSystemMixin, Executor):
@@ -192,7 +227,7 @@ class ClusterExecutor(_Submitter, FileSystemMixin, Executor):
         max_workers = config.max_workers
         if max_workers is None and config.cluster_type == "local":
             max_workers = os.cpu_count() or 1
-        python = config.python_executable or (sys.executable if not config.is_remote else "python3")
+        python = default_python(config)
         self._shutdown_lock = threading.Lock()
         self._shutdown = False
         self._next_call = itertools.count()

@@ -1,28 +1,39 @@
 """ClusterFuture: a real :class:`concurrent.futures.Future` backed by a scheduler job.
 
-It adds what a job has (``job_id``, the scheduler's ``job_state``, the paths of its logs) and
-two operations: ``cancel()`` that also removes a queued job from the scheduler, and ``kill()``
-that stops a running one. Knows nothing of transports or schedulers: it asks its executor's
-engine (the ``_JobControl`` protocol) to act.
+It adds what a job has (``job_id``, the scheduler's ``job_state``, its logs, ``logs()`` for
+the tail of a running job's output) and two operations: ``cancel()`` that also removes a
+queued job from the scheduler, and ``kill()`` that stops a running one. Knows nothing of
+transports or schedulers: it asks its executor's engine (the ``_JobControl`` protocol) to
+act.
 """
 
 from __future__ import annotations
 
 from concurrent.futures import Future
 from concurrent.futures._base import CANCELLED, PENDING, RUNNING
-from typing import Protocol, TypeVar
+from typing import NamedTuple, Protocol, TypeVar
 
 from .lifecycle import JobState
 
-__all__ = ["ClusterFuture"]
+__all__ = ["ClusterFuture", "JobLogs"]
 
 T = TypeVar("T")
+#: What ``ClusterFuture.logs()`` returns by default: the last 10 kB of each log.
+DEFAULT_TAIL_BYTES = 10_000
+
+
+class JobLogs(NamedTuple):
+    """The tail of a job's stdout and stderr (``out, err = future.logs()``)."""
+
+    stdout: str
+    stderr: str
 
 
 class _JobControl(Protocol):
     def cancel_calls(self, futures: list[ClusterFuture[object]]) -> None: ...
     def kill_call(self, future: ClusterFuture[object]) -> bool: ...
     def read_log(self, future: ClusterFuture[object], stream: str) -> str: ...
+    def tail_logs(self, future: ClusterFuture[object], max_bytes: int) -> tuple[bytes, bytes]: ...
 
 
 class ClusterFuture(Future[T]):
@@ -80,13 +91,33 @@ class ClusterFuture(Future[T]):
             return None
         return f"{self._job_dir}/logs/{self._task_index}.{stream}"
 
-    def stdout(self) -> str:
-        """The job's stdout so far (empty before the job starts)."""
+    def stdout(self, max_bytes: int | None = None) -> str:
+        """The job's stdout so far (empty before the job starts); with ``max_bytes``, only
+        its last ``max_bytes`` bytes, as :meth:`logs` fetches them."""
+        if max_bytes is not None:
+            return self.logs(max_bytes).stdout
         return self._control.read_log(self, "out")  # type: ignore[arg-type]
 
-    def stderr(self) -> str:
-        """The job's stderr so far (empty before the job starts)."""
+    def stderr(self, max_bytes: int | None = None) -> str:
+        """The job's stderr so far (empty before the job starts); with ``max_bytes``, only
+        its last ``max_bytes`` bytes, as :meth:`logs` fetches them."""
+        if max_bytes is not None:
+            return self.logs(max_bytes).stderr
         return self._control.read_log(self, "err")  # type: ignore[arg-type]
+
+    def logs(self, max_bytes: int = DEFAULT_TAIL_BYTES) -> JobLogs:
+        """The last ``max_bytes`` bytes of the job's stdout and stderr, e.g. to watch a
+        running job: ``print(future.logs().stdout)``.
+
+        While the job runs, both come in the round trip of the executor's next status poll
+        (started at once, and shared by every ``logs()`` asked for meanwhile): no command
+        of their own. Before the job starts both are empty; after it ended they are read
+        directly (until the executor removes the job directory at shutdown).
+        """
+        if max_bytes < 1:
+            raise ValueError(f"max_bytes must be at least 1, got {max_bytes}")
+        out, err = self._control.tail_logs(self, max_bytes)  # type: ignore[arg-type]
+        return JobLogs(_decode_tail(out, max_bytes), _decode_tail(err, max_bytes))
 
     # --- control --------------------------------------------------------------------------
     def cancel(self) -> bool:
@@ -135,3 +166,13 @@ class ClusterFuture(Future[T]):
     def __repr__(self) -> str:
         base = super().__repr__()[:-1]
         return f"{base} job_id={self._job_id} job_state={self._job_state}>"
+
+
+def _decode_tail(data: bytes, max_bytes: int) -> str:
+    """Text of a log tail; a UTF-8 character cut in two at the start is left out."""
+    if len(data) >= max_bytes:
+        start = 0
+        while start < min(3, len(data)) and data[start] & 0xC0 == 0x80:
+            start += 1  # a continuation byte: the character began before the tail
+        data = data[start:]
+    return data.decode(errors="replace")

@@ -6,7 +6,9 @@ Each poll cycle runs ONE shell command on the cluster that prints, in this order
 2. the exit status files the job scripts wrote (``exit/<task>``) and, in self-scheduled
    submissions, the claim files of the calls the tasks took (``claims/<call>``),
 3. the result files the workers wrote (``results/<call>.pkl``), and over a slow link the
-   content of the small ones too (a base64 tar): no read per result.
+   content of the small ones too (a base64 tar): no read per result,
+4. only when ``future.logs()`` asks for them: the last bytes of some job logs (base64, each
+   after a line of its own marker: a log may hold anything).
 
 The order matters: a job reported ended in (1) wrote its exit file before, and its results
 before that, so (2) and (3) see them; a call's claim is made before it runs, so a result in
@@ -16,6 +18,7 @@ before that, so (2) and (3) see them; a call's claim is made before it runs, so 
 from __future__ import annotations
 
 import base64
+import binascii
 import io
 import logging
 import posixpath
@@ -31,6 +34,8 @@ __all__ = ["PollOutput", "parse_poll_output", "poll_delay", "poll_script"]
 log = logging.getLogger("clustrix")
 
 MARK = "@@clustrix-poll@@"
+#: Comes before each log tail (section 4), which comes last.
+TAIL_MARK = "@@clustrix-tail@@"
 #: Beyond this many job directories, scan the whole jobs root instead of listing each one,
 #: so the command line stays short however many submissions are outstanding.
 MAX_LISTED_DIRS = 200
@@ -44,6 +49,7 @@ def poll_script(
     *,
     fetched: Sequence[str] = (),
     bundle_kib: int = 0,
+    tails: Sequence[tuple[str, int]] = (),
 ) -> str:
     """The ``sh`` script of one poll cycle.
 
@@ -52,7 +58,8 @@ def poll_script(
     result files already read: moved into ``results/done/`` (kept for a ``recover()`` after
     a crash, but no longer listed). With ``bundle_kib``, the result files listed and smaller
     than that many KiB also come back in the same output (a base64 tar, after the listing):
-    over a slow link, no read per result.
+    over a slow link, no read per result. ``tails`` are (log path, max bytes): the last
+    bytes of each come last, in that order (:attr:`PollOutput.tails`).
     """
     lines = ["umask 077"]  # the done/ directories are as private as the rest
     if consumed:
@@ -70,7 +77,7 @@ def poll_script(
         lines.append(f'echo "{MARK} 0"')
     if not job_dirs:
         lines.append(f'echo "{MARK}"')
-        return "\n".join(lines)
+        return "\n".join(lines + _tail_lines(tails))
     if len(job_dirs) <= MAX_LISTED_DIRS:
         roots, depth = " ".join(shlex.quote(d) for d in job_dirs), 2
     else:
@@ -89,8 +96,17 @@ def poll_script(
             f"{results} -size -{bundle_kib}k -print0 2>/dev/null"
             " | xargs -0 -r tar -cf - 2>/dev/null | base64"
         )
+    lines += _tail_lines(tails)
     lines.append("exit 0")
     return "\n".join(lines)
+
+
+def _tail_lines(tails: Sequence[tuple[str, int]]) -> list[str]:
+    # a log not there yet (the job has not started) prints nothing: an empty tail
+    return [
+        f'echo "{TAIL_MARK}"; tail -c {int(size)} -- {shlex.quote(path)} 2>/dev/null | base64'
+        for path, size in tails
+    ]
 
 
 @dataclass
@@ -108,15 +124,23 @@ class PollOutput:
     #: who claimed each call of a self-scheduled submission, by claim-file path
     #: (``<job_dir>/claims/<call>``): a task index, or ``cancelled``
     claims: dict[str, str] = field(default_factory=dict)
+    #: the log tails asked for (``poll_script(tails=...)``), in the order asked
+    tails: list[bytes] = field(default_factory=list)
 
 
 def parse_poll_output(stdout: str) -> PollOutput:
-    """Split the poll command's output into its three sections."""
+    """Split the poll command's output into its sections."""
+    stdout, *tails = stdout.split(TAIL_MARK)
     status_part, _, rest = stdout.partition(MARK)
     rc_line, _, rest = rest.partition("\n")
     exits_part, _, results_part = rest.partition(MARK)
     rc_text = rc_line.strip()
     output = PollOutput(status_ok=rc_text == "0", status_text=status_part)
+    for tail in tails:
+        try:
+            output.tails.append(base64.b64decode("".join(tail.split())))
+        except (binascii.Error, ValueError):  # cut off: as good as no tail
+            output.tails.append(b"")
     claims_marker = f"/{_wire.CLAIMS_DIR}/"
     for line in exits_part.splitlines():
         path, sep, value = line.rpartition(":")

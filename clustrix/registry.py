@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ._wire import write_atomic
 
-__all__ = ["JobRegistry", "SubmissionRecord", "default_state_dir"]
+__all__ = ["JobRegistry", "SubmissionRecord", "default_state_dir", "owner_alive"]
 
 
 def default_state_dir() -> Path:
@@ -70,6 +70,13 @@ class JobRegistry:
     def pending(self, location: str, work_dir: str) -> list[SubmissionRecord]:
         """Submissions to this cluster and work dir whose owner process is gone (a live
         one, this process included, is still collecting its own), oldest first."""
+        return [r for r in self.records(location, work_dir) if not owner_alive(r)]
+
+    def records(
+        self, location: str | None = None, work_dir: str | None = None
+    ) -> list[SubmissionRecord]:
+        """Every submission recorded (to this cluster and work dir, if given), whoever
+        owns it, oldest first (``clustrix jobs``)."""
         records: list[SubmissionRecord] = []
         if not self.directory.is_dir():
             return records
@@ -78,13 +85,14 @@ class JobRegistry:
                 record = SubmissionRecord(**json.loads(path.read_text()))
             except (OSError, ValueError, TypeError):
                 continue  # unreadable or from another version: leave it alone
-            same_place = record.location == location and record.work_dir == work_dir
-            if same_place and not _alive(record):
+            if location is not None and record.location != location:
+                continue
+            if work_dir is None or record.work_dir == work_dir:
                 records.append(record)
         return sorted(records, key=lambda r: r.submitted_at)
 
 
-def _alive(record: SubmissionRecord) -> bool:
+def owner_alive(record: SubmissionRecord) -> bool:
     """Whether the submitting process still runs; one on another host is taken as gone."""
     if record.hostname != socket.gethostname():
         return False

@@ -53,6 +53,8 @@ class Core:
         self.finished_dirs: list[str] = []  # job dirs to delete at close (cleanup policy)
         self.consumed: list[str] = []  # files the next poll deletes (see Collector.consume)
         self.fetched: list[str] = []  # result files read: the next poll moves them to done/
+        #: Log tails asked for by future.logs(): (path, max bytes) -> what the next poll read.
+        self.tails: dict[tuple[str, int], asyncio.Future[bytes]] = {}
         #: Counters: ``poll_cycles`` and ``commands.<program>`` run on the cluster.
         self.stats: Counter[str] = Counter()
         self.broken: BaseException | None = None

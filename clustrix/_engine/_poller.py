@@ -123,6 +123,7 @@ class Monitor:
         status_argv = scheduler.status_argv(job_ids)
         consumed, core.consumed = core.consumed[:MAX_DELETE], core.consumed[MAX_DELETE:]
         fetched, core.fetched = core.fetched[:MAX_DELETE], core.fetched[MAX_DELETE:]
+        tails, core.tails = core.tails, {}  # future.logs() asked: in this round trip
         script = poll_script(
             status_argv,
             [b.job_dir for b in batches],
@@ -131,10 +132,18 @@ class Monitor:
             fetched=fetched,
             # over a slow link the small results come with the listing: no read per result
             bundle_kib=BUNDLE_KIB if core.transport.round_trips_are_costly else 0,
+            tails=list(tails),
         )
         core.stats["poll_cycles"] += 1
-        result = await core.run(["sh", "-c", script], counts_as=posixpath.basename(status_argv[0]))
+        try:
+            result = await core.run(
+                ["sh", "-c", script], counts_as=posixpath.basename(status_argv[0])
+            )
+        except BaseException as exc:
+            _answer(tails, [], exc)
+            raise
         seen = parse_poll_output(result.stdout)
+        _answer(tails, seen.tails, None)
         status_ok = seen.status_ok or scheduler.status_ok_anyway(seen.status_text)
         statuses = scheduler.parse_status(seen.status_text) if status_ok else {}
         if not status_ok:
@@ -209,3 +218,20 @@ class Monitor:
                 call.future._mark_running()
                 changed = True
         return changed
+
+
+def _answer(
+    tails: dict[tuple[str, int], asyncio.Future[bytes]],
+    data: list[bytes],
+    error: BaseException | None,
+) -> None:
+    """Give each waiting ``future.logs()`` the tail this poll read (or its error)."""
+    for i, waiter in enumerate(tails.values()):
+        if waiter.done():  # its caller gave up waiting
+            continue
+        if isinstance(error, asyncio.CancelledError):
+            waiter.cancel()
+        elif error is not None:
+            waiter.set_exception(error)
+        else:
+            waiter.set_result(data[i] if i < len(data) else b"")

@@ -19,6 +19,7 @@ knows the :class:`~clustrix.schedulers.base.Scheduler` and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -172,6 +173,49 @@ class Engine:
         except FileNotFoundError:
             return ""
         return data.decode(errors="replace")
+
+    def tail_logs(self, future: ClusterFuture[Any], max_bytes: int) -> tuple[bytes, bytes]:
+        """The last ``max_bytes`` of a future's stdout and stderr logs (blocking).
+
+        While its job runs, the next poll reads them in its round trip (started now, and
+        shared by every call that asks meanwhile); otherwise one read each."""
+        return self._loop.run(self._tail_logs(future, max_bytes))
+
+    async def _tail_logs(self, future: ClusterFuture[Any], max_bytes: int) -> tuple[bytes, bytes]:
+        out_path, err_path = future.stdout_path, future.stderr_path
+        if out_path is None or err_path is None:
+            return b"", b""  # not started: no log yet
+        paths = out_path, err_path
+        core = self._core
+        call = core.call_of.get(future)
+        task = call.task if call is not None else None
+        running = task is not None and task.job_id is not None and not task.finished
+        if running and core.broken is None:
+            waiters = []
+            for path in paths:
+                waiter = core.tails.get((path, max_bytes))
+                if waiter is None:
+                    waiter = core.tails[(path, max_bytes)] = (
+                        asyncio.get_running_loop().create_future()
+                    )
+                waiters.append(waiter)
+            core.wake_monitor.set()
+            # bounded: a poll that does not come (the job just ended, the link is down)
+            # leaves it to the direct read below
+            timeout_s = core.config.command_timeout_s + core.config.poll_interval_max_s
+            polled = asyncio.gather(*waiters, return_exceptions=True)
+            with contextlib.suppress(asyncio.TimeoutError):
+                out, err = await asyncio.wait_for(asyncio.shield(polled), timeout_s)
+                if isinstance(out, bytes) and isinstance(err, bytes):
+                    return out, err
+        out, err = await asyncio.gather(*(self._read_tail(p, max_bytes) for p in paths))
+        return out, err
+
+    async def _read_tail(self, path: str, max_bytes: int) -> bytes:
+        try:
+            return await self.transport.read_tail(path, max_bytes)
+        except FileNotFoundError:
+            return b""
 
     def slots(self, resources: Resources) -> int | None:
         """How many jobs can run at once (for default chunking)."""
