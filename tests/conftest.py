@@ -11,7 +11,6 @@ from clustertools import BACKENDS, backend_config
 
 from clustrix import ClusterExecutor
 
-
 #: Modules whose tests take a shared daemon down (sshd, slurmd, a node) or change account
 #: limits: they run alone, after the others, which may run in parallel (scripts/test).
 DISRUPTIVE_MODULES = {"test_faults.py", "test_limits.py", "test_submit_faults.py"}

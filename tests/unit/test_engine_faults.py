@@ -208,6 +208,7 @@ def test_a_job_that_vanished_is_not_resubmitted_even_with_retries_left(
 def test_a_result_unreadable_for_two_polls_is_still_delivered(
     make_fake_executor: Make, fake_scheduler: FakeScheduler, fake_transport: FakeTransport
 ) -> None:
+    fake_transport.round_trips_are_costly = False  # results read one by one, no bundle
     ex = make_fake_executor(connection_grace_s=60)
     future = ex.submit(pow, 2, 2)
     job = job_of(future)
