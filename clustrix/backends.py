@@ -84,7 +84,7 @@ BUILTIN_BACKENDS: tuple[Backend, ...] = (
         "SLURM, over SSH or on a login node",
         "clustrix.schedulers.slurm:SlurmScheduler",
     ),
-    Backend("sge", "(Son of) Grid Engine", None),
+    Backend("sge", "(Son of) Grid Engine", "clustrix.schedulers.sge:SgeScheduler"),
     Backend("ssh", "a plain host reached by SSH, no scheduler", None),
     Backend("pbs", "PBS Pro / Torque", None),
     Backend("lsf", "IBM Spectrum LSF", None),

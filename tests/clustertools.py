@@ -7,6 +7,7 @@ tests skip, saying how to start it; with ``CI=true`` a missing cluster fails the
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import socket
@@ -88,6 +89,9 @@ BACKENDS = [
     pytest.param("local", id="local"),
     pytest.param("slurm-local", id="slurm-local", marks=pytest.mark.cluster),
     pytest.param("slurm-ssh", id="slurm-ssh", marks=pytest.mark.cluster),
+    # Grid Engine over SSH as the test user; its submit-host mode ("sge-local", below) runs
+    # the integration tests of tests/integration/test_sge.py only (the suite's time)
+    pytest.param("sge-ssh", id="sge-ssh", marks=pytest.mark.cluster),
 ]
 
 
@@ -104,7 +108,40 @@ def backend_config(backend: str, tmp_path: Path, **overrides: Any) -> ClusterCon
     if backend == "slurm-ssh":
         cluster = require_cluster(ssh=True, slurm=False)
         return cluster.ssh_config(cluster_type="slurm", remote_work_dir="~/.clustrix-tests", **fast)
+    if backend == "sge-local":  # on the submit host, as this process's user (root in CI)
+        require_sge()
+        return ClusterConfig(cluster_type="sge", remote_work_dir=str(tmp_path / "work"), **fast)
+    if backend == "sge-ssh":
+        cluster = require_cluster(ssh=True, slurm=False)
+        require_sge()
+        return cluster.ssh_config(cluster_type="sge", remote_work_dir=SGE_SSH_WORK_DIR, **fast)
     raise ValueError(backend)
+
+
+#: The sge-ssh backend's work dir (the test user's, apart from SLURM's).
+SGE_SSH_WORK_DIR = "~/.clustrix-tests-sge"
+
+
+@functools.lru_cache(maxsize=1)
+def _sge_problem() -> str | None:
+    import subprocess
+
+    if shutil.which("qsub") is None:
+        return "no Grid Engine client (qsub) on this machine"
+    try:
+        answer = subprocess.run(["qstat", "-g", "c"], capture_output=True, text=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        return "sge_qmaster does not answer (qstat -g c timed out)"
+    if answer.returncode != 0:
+        return f"sge_qmaster does not answer: {answer.stderr.strip()[-300:]}"
+    return None
+
+
+def require_sge() -> None:
+    """Grid Engine of the test cluster (qmaster answering), or skip (fail under CI=true)."""
+    problem = _sge_problem()
+    if problem is not None:
+        _unavailable(f"Grid Engine not available: {problem}; {START_HINT}")
 
 
 def _unavailable(message: str) -> NoReturn:

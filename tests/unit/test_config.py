@@ -124,8 +124,8 @@ def test_unknown_cluster_type_suggests_one() -> None:
 
 
 def test_planned_cluster_type_is_refused_clearly() -> None:
-    message = config_error(cluster_type="sge")
-    assert "'sge' is planned but not available in this release" in message
+    message = config_error(cluster_type="pbs")
+    assert "'pbs' is planned but not available in this release" in message
     assert "local, slurm" in message
 
 
