@@ -5,10 +5,13 @@ The executor and the filesystem façade both build from here, so neither imports
 
 from __future__ import annotations
 
+from pydantic import SecretStr
+
 from .backends import check_cluster_type, registered_backends
 from .config import ClusterConfig
 from .errors import ConfigError
 from .schedulers.base import Scheduler
+from .transports._ssh_prompt import AuthPrompt
 from .transports.base import Transport
 
 __all__ = ["make_scheduler", "make_transport"]
@@ -33,8 +36,11 @@ def make_scheduler(config: ClusterConfig) -> Scheduler:
     return cls.from_config(config)
 
 
-def make_transport(config: ClusterConfig) -> Transport:
-    """SSH when ``cluster_host`` is set, local subprocesses otherwise (any backend)."""
+def make_transport(config: ClusterConfig, *, auth_prompt: AuthPrompt | None = None) -> Transport:
+    """SSH when ``cluster_host`` is set, local subprocesses otherwise (any backend).
+
+    ``auth_prompt`` asks a person for what an SSH login needs and the config does not give
+    (a key's passphrase, a one-time code); None: the terminal, or the notebook in Jupyter."""
     if config.cluster_host is None:
         from .transports.local import LocalTransport
 
@@ -46,9 +52,17 @@ def make_transport(config: ClusterConfig) -> Transport:
         port=config.cluster_port,
         username=config.username,
         key_file=config.key_file,
-        password=config.password.get_secret_value() if config.password else None,
+        password=_secret(config.password),
         known_hosts=config.known_hosts,
         strict_host_key_checking=config.strict_host_key_checking,
         connect_timeout_s=config.connect_timeout_s,
         command_timeout_s=config.command_timeout_s,
+        key_passphrase=_secret(config.key_passphrase),
+        jump_host=config.jump_host,
+        keyring_service=config.keyring_service,
+        auth_prompt=auth_prompt,
     )
+
+
+def _secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value is not None else None

@@ -17,7 +17,6 @@ import difflib
 import json
 import os
 import re
-import sys
 from collections.abc import Mapping
 from contextvars import ContextVar
 from pathlib import Path
@@ -35,6 +34,8 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from ._config_file import read_config_file
+from ._ssh_spec import parse_jump_hosts
 from ._wire import CHECKPOINT_SIGNAL_ENV
 from .backends import available_backends, check_cluster_type
 from .errors import ConfigError
@@ -55,6 +56,11 @@ _CONFIG_FILE: ContextVar[Path | None] = ContextVar("clustrix_config_file", defau
 #: False while ``with_overrides`` validates a copy: only its explicit values count.
 _READ_SOURCES: ContextVar[bool] = ContextVar("clustrix_read_sources", default=True)
 
+#: Settings only an SSH connection uses: given without cluster_host, a forgotten host.
+_SSH_ONLY_FIELDS = (
+    "username", "key_file", "password", "cluster_port", "known_hosts", "key_passphrase",
+    "jump_host", "keyring_service",
+)  # fmt: skip
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Characters sbatch's #SBATCH parser or its %-patterns would mangle in a path.
 _UNSAFE_PATH_CHARS = set("\"'\n\r%")
@@ -158,6 +164,22 @@ class ClusterConfig(Resources, BaseSettings):
     strict_host_key_checking: bool = Field(
         True, description="Verify the host key. Turning this off logs a warning."
     )
+    key_passphrase: SecretStr | None = Field(
+        None,
+        description="Passphrase of key_file (or of ~/.ssh/config's IdentityFile); prefer "
+        "CLUSTRIX_KEY_PASSPHRASE or keyring_service to a file. Default: asked once if needed.",
+    )
+    jump_host: str | None = Field(
+        None,
+        description="Reach cluster_host through this jump host: '[user@]host[:port]', "
+        "several comma-separated, as ssh -J ('none': ignore ProxyJump). Default: "
+        "~/.ssh/config's ProxyJump.",
+    )
+    keyring_service: str | None = Field(
+        None,
+        description="Read a password or key passphrase not given from the system keyring "
+        "(the keyring package), under this service, user 'password' or 'key_passphrase'.",
+    )
     connect_timeout_s: float = Field(15.0, gt=0, description="Timeout of one SSH connect.")
     command_timeout_s: float = Field(120.0, gt=0, description="Timeout of one remote command.")
 
@@ -253,17 +275,20 @@ class ClusterConfig(Resources, BaseSettings):
     @model_validator(mode="after")
     def _ssh_settings_need_a_host(self) -> ClusterConfig:
         if self.cluster_host is None:
-            given = [
-                name
-                for name in ("username", "key_file", "password", "cluster_port", "known_hosts")
-                if getattr(self, name) is not None
-            ]
+            given = [name for name in _SSH_ONLY_FIELDS if getattr(self, name) is not None]
             if given:
                 raise ValueError(
                     f"{', '.join(given)} set but no cluster_host: SSH settings need the host "
                     "to connect to; set cluster_host (or remove them to run locally)"
                 )
         return self
+
+    @field_validator("jump_host")
+    @classmethod
+    def _valid_jump_host(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_jump_hosts(value)  # a ValueError says what is wrong and the form to use
+        return value
 
     @model_validator(mode="after")
     def _poll_bounds(self) -> ClusterConfig:
@@ -383,39 +408,6 @@ class _ConfigFileSource(_WholeSource):
         return read_config_file(Path(path)) if path and _READ_SOURCES.get() else {}
 
 
-def read_config_file(path: Path) -> dict[str, Any]:
-    """The mapping stored in a YAML or TOML config file."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {str(path)!r}: {exc.strerror}") from exc
-    suffix = path.suffix.lower()
-    try:
-        if suffix == ".toml":
-            if sys.version_info >= (3, 11):
-                import tomllib
-            else:  # pragma: no cover
-                import tomli as tomllib
-            data: Any = tomllib.loads(text)
-        elif suffix in (".yml", ".yaml"):
-            import yaml
-
-            data = yaml.safe_load(text) or {}
-        else:
-            raise ConfigError(
-                f"config file {str(path)!r}: unknown format {suffix!r}; use .yaml, .yml or .toml"
-            )
-    except ConfigError:
-        raise
-    except Exception as exc:  # YAML/TOML syntax errors have no common base class
-        raise ConfigError(f"config file {str(path)!r} is not valid {suffix[1:]}: {exc}") from exc
-    if isinstance(data, Mapping) and "clustrix" in data and len(data) == 1:
-        data = data["clustrix"]  # allow a [clustrix] table / top-level key
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"config file {str(path)!r} must hold a mapping of field: value")
-    return dict(data)
-
-
 def config_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     """Fields set by ``CLUSTRIX_<FIELD>`` variables; ``__`` sets a key of a mapping field.
 
@@ -459,7 +451,7 @@ def _suggest(name: str, choices: Mapping[str, Any] | tuple[str, ...]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-_SECRET_FIELDS = {"password"}
+_SECRET_FIELDS = {"password", "key_passphrase"}
 
 
 def build(model: type[_M], data: Mapping[str, Any]) -> _M:

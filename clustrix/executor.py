@@ -205,6 +205,10 @@ class ClusterExecutor(_Submitter, FileSystemMixin, Executor):
     ``scheduler`` and ``transport`` replace what the config would build (as httpx's
     ``Client(transport=...)``): for tests with the fakes of ``tests/fakes.py``, or to embed
     an already configured backend.
+
+    ``auth_prompt`` answers what an SSH login asks and the config does not give (a key's
+    passphrase, a one-time code): called with the question, returns the answer. Default: the
+    terminal, or the notebook in Jupyter; see docs/tutorials/login.md.
     """
 
     def __init__(
@@ -213,6 +217,7 @@ class ClusterExecutor(_Submitter, FileSystemMixin, Executor):
         *,
         scheduler: Scheduler | None = None,
         transport: Transport | None = None,
+        auth_prompt: Callable[[str], str] | None = None,
         **overrides: Any,
     ) -> None:
         if config is None:
@@ -246,7 +251,7 @@ class ClusterExecutor(_Submitter, FileSystemMixin, Executor):
         self._engine = Engine(
             config,
             scheduler if scheduler is not None else make_scheduler(config),
-            transport if transport is not None else make_transport(config),
+            transport if transport is not None else make_transport(config, auth_prompt=auth_prompt),
             self._loop,
             max_workers=max_workers,
             python=python,

@@ -810,6 +810,7 @@ cmd_start() {
     install_packages
     setup_user
     start_sshd
+    start_login_sshds
     start_slurm
     start_sge
     step "test cluster up (scripts/testcluster.sh env prints the settings)"
@@ -818,6 +819,7 @@ cmd_start() {
 cmd_stop() {
     need_root stop
     stop_sshd
+    stop_login_sshds
     stop_slurm
     stop_sge
     step "stopped"
@@ -888,6 +890,7 @@ cmd_env() {
     printf 'export CLUSTRIX_TEST_SSH_USER=%q\n' "$TUSER"
     printf 'export CLUSTRIX_TEST_SSH_KEY=%q\n' "$KEY"
     printf 'export CLUSTRIX_TEST_KNOWN_HOSTS=%q\n' "$KNOWN_HOSTS"
+    login_env
 }
 
 main() {
@@ -897,6 +900,8 @@ main() {
         status) cmd_status ;;
         env) cmd_env ;;
         drop-ssh) cmd_drop_ssh "${2:-0}" ;;
+        start-login) need_root start-login; start_login_sshds ;;   # after start
+        stop-login) need_root stop-login; stop_login_sshds ;;
         restart-slurmd) shift; cmd_restart_slurmd "$@" ;;
         start-sge) need_root start-sge; start_sge ;;
         stop-sge) need_root stop-sge; stop_sge; step "sge stopped" ;;

@@ -216,3 +216,55 @@ def wait_running(future: Any, timeout_s: float = 240) -> None:
     while not future.running() and not future.done() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert future.running(), f"job of {future!r} did not start within {timeout_s} s"
+
+
+@dataclass(frozen=True)
+class LoginServers:
+    """The login-test sshds of ``scripts/testcluster.sh`` beside the cluster's: a jump host
+    (bastion) and one that wants a key and a one-time code; one known_hosts for all three."""
+
+    cluster: TestCluster
+    bastion_port: int
+    two_factor_port: int
+    totp_secret: str  # base32, as google-authenticator writes it
+    known_hosts: Path
+
+    def totp(self, at: float | None = None) -> str:
+        """The one-time code the two-factor sshd accepts now (RFC 6238: 30 s, 6 digits)."""
+        import base64
+        import hashlib
+        import hmac
+        import struct
+        import time
+
+        key = base64.b32decode(self.totp_secret + "=" * (-len(self.totp_secret) % 8))
+        counter = int((time.time() if at is None else at) // 30)
+        digest = hmac.new(key, struct.pack(">Q", counter), hashlib.sha1).digest()
+        offset = digest[-1] & 0x0F
+        number = struct.unpack(">I", digest[offset : offset + 4])[0] & 0x7FFFFFFF
+        return f"{number % 1_000_000:06d}"
+
+
+def require_login_servers() -> LoginServers:
+    """The login-test sshds, or skip (fail under CI=true) saying how to start them."""
+    cluster = require_cluster(ssh=True, slurm=False)
+    keys = cluster.key_file.parent
+    secret_file = Path(os.environ.get("CLUSTRIX_TEST_TOTP_SECRET", keys / "totp_secret"))
+    servers = LoginServers(
+        cluster=cluster,
+        bastion_port=int(os.environ.get("CLUSTRIX_TEST_BASTION_PORT", "2224")),
+        two_factor_port=int(os.environ.get("CLUSTRIX_TEST_2FA_PORT", "2225")),
+        totp_secret=secret_file.read_text().strip() if secret_file.is_file() else "",
+        known_hosts=Path(
+            os.environ.get("CLUSTRIX_TEST_LOGIN_KNOWN_HOSTS", keys / "known_hosts_login")
+        ),
+    )
+    problem = None if servers.totp_secret else f"no TOTP secret at {secret_file}"
+    for port in (servers.bastion_port, servers.two_factor_port):
+        try:
+            socket.create_connection((cluster.host, port), timeout=2).close()
+        except OSError as exc:
+            problem = problem or f"no sshd on {cluster.host}:{port} ({exc})"
+    if problem is not None:
+        _unavailable(f"login test servers not available: {problem}; {START_HINT}")
+    return servers

@@ -1,11 +1,19 @@
-"""One asyncssh connection to a login node: dialling, reconnecting, and error translation.
+"""One asyncssh connection to a login node: dialling (through jump hosts), reconnecting, and
+error translation.
 
-:class:`SSHSession` owns the connection and its one SFTP client, both opened lazily and
-reopened on the next call after the connection drops. asyncssh's exceptions are translated
-here, once (:meth:`SSHSession.translated`, and the dial), into builtin ``OSError``
-subclasses and :class:`clustrix.errors.TransportError`. Knows nothing of commands, files,
-schedulers or jobs: :mod:`clustrix.transports.ssh` and :mod:`clustrix.transports._sftp`
-build those on it.
+:class:`SSHSession` owns the connection, the connections to the jump hosts it goes through,
+and its one SFTP client, all opened lazily and reopened on the next call after the
+connection drops. Every host on the route (:mod:`._ssh_route`: the jump hosts, then the
+cluster) is dialled here, with the same keys, known_hosts and auth prompt, so a jump host
+that asks for a passphrase or a one-time code is answered too. ``connect_timeout_s`` covers
+each hop's dial without the time a person takes to answer.
+
+asyncssh's exceptions are translated once: those of operations here
+(:meth:`SSHSession.translated`), those of a dial by :func:`._ssh_route.dial_error`, into
+builtin ``OSError`` subclasses and :class:`clustrix.errors.TransportError`. The login itself
+(keys, passphrases, answers, why it was refused) is :mod:`._ssh_auth`'s. Knows nothing
+of commands, files, schedulers or jobs: :mod:`clustrix.transports.ssh` and
+:mod:`clustrix.transports._sftp` build those on it.
 """
 
 from __future__ import annotations
@@ -16,17 +24,22 @@ import errno
 import getpass
 import logging
 import os
-import socket
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Awaitable, Iterator
+from typing import Any, TypeVar
 
 import asyncssh
 
+from .._ssh_spec import parse_jump_hosts
 from ..errors import CommandTimeoutError, ConnectionLostError, TransportError
+from ._ssh_auth import LoginClient, Secrets, client_keys
+from ._ssh_prompt import AuthPrompt, default_prompt
+from ._ssh_route import Hop, dial_error, route
 
 __all__ = ["SSHSession"]
 
 logger = logging.getLogger("clustrix.ssh")
+
+T = TypeVar("T")
 
 
 class SSHSession:
@@ -45,20 +58,38 @@ class SSHSession:
         connect_timeout_s: float,
         command_timeout_s: float,
         keepalive_interval_s: float,
+        key_passphrase: str | None = None,
+        jump_host: str | None = None,
+        keyring_service: str | None = None,
+        auth_prompt: AuthPrompt | None = None,
     ) -> None:
-        self._host, self._port, self._username, self._password = host, port, username, password
+        self._host, self._port, self._username = host, port, username
+        # Local paths, in the client's own convention (C:\Users\me\.ssh\id_ed25519 stays so)
         self._key_file = os.path.expanduser(os.fspath(key_file)) if key_file else None
         self._known_hosts = os.path.expanduser(os.fspath(known_hosts)) if known_hosts else None
         self._strict = strict_host_key_checking
         self._connect_timeout_s = connect_timeout_s
         self.command_timeout_s = command_timeout_s
         self._keepalive_interval_s = keepalive_interval_s
+        self._jump_host = jump_host
+        if jump_host is not None:
+            try:
+                parse_jump_hosts(jump_host)
+            except ValueError as exc:
+                raise TransportError(f"jump_host {jump_host!r}: {exc}") from None
+        self._secrets = Secrets(
+            auth_prompt if auth_prompt is not None else default_prompt,
+            password=password,
+            passphrase=key_passphrase,
+            keyring_service=keyring_service,
+        )
         # port None: ~/.ssh/config's Port for this host, else 22
         self._where = f"{host}:{port}" if port is not None else host
         #: ``user@host:port`` for messages; the user is the server's word once connected.
         self.location = f"{username or getpass.getuser()}@{self._where}"
         self._lock = asyncio.Lock()  # one (re)connection at a time, however many callers
         self._conn: asyncssh.SSHClientConnection | None = None
+        self._jumps: list[asyncssh.SSHClientConnection] = []  # the route's, first hop first
         self._sftp: asyncssh.SFTPClient | None = None
         self._home: str | None = None
 
@@ -90,63 +121,71 @@ class SSHSession:
         return self._home
 
     async def close(self) -> None:
-        """Close SFTP and the connection; idempotent, and the next call reconnects."""
+        """Close SFTP, the connection and its jump hosts'; idempotent, the next call reconnects."""
         async with self._lock:
-            conn, sftp = self._conn, self._sftp
-            self._conn, self._sftp, self._home = None, None, None
+            conn, sftp, jumps = self._conn, self._sftp, self._jumps
+            self._conn, self._sftp, self._home, self._jumps = None, None, None, []
         with contextlib.suppress(asyncssh.Error, OSError):
             if sftp is not None:
                 sftp.exit()
                 await sftp.wait_closed()
-            if conn is not None:
-                conn.close()
-                await conn.wait_closed()
+            for hop in [conn, *reversed(jumps)]:
+                if hop is not None:
+                    hop.close()
+                    await hop.wait_closed()
 
     def drop(self, conn: asyncssh.SSHClientConnection | None) -> None:
         """Forget ``conn`` if it is still the current one, so that the next call reconnects."""
         if conn is not None and conn is self._conn:
-            conn.abort()
-            self._conn, self._sftp, self._home = None, None, None
+            for hop in [conn, *reversed(self._jumps)]:
+                hop.abort()
+            self._conn, self._sftp, self._home, self._jumps = None, None, None, []
 
     async def _connection(self) -> asyncssh.SSHClientConnection:
         """The live connection, dialled if needed. Caller holds ``self._lock``."""
         if self._conn is None or self._conn.is_closed():
             self.drop(self._conn)
-            self._conn = await self._dial()
+            self._conn, self._jumps = await self._dial()
             self.location = f"{self._conn.get_extra_info('username')}@{self._where}"
         return self._conn
 
-    def _options(self) -> dict[str, Any]:
-        """asyncssh.connect's keyword arguments; checks the files they name."""
-        # Not passing `config` makes asyncssh read ~/.ssh/config; no client_keys means the
-        # agent and the default keys (~/.ssh/id_*); no known_hosts means ~/.ssh/known_hosts.
-        options: dict[str, Any] = {
-            "connect_timeout": self._connect_timeout_s,
-            "keepalive_interval": self._keepalive_interval_s,
-        }
+    # -- dialling ---------------------------------------------------------------------------
+
+    def _check_files(self) -> None:
+        """key_file and known_hosts exist and are what they should be, before any dial."""
         for name, file in (("key_file", self._key_file), ("known_hosts", self._known_hosts)):
             if file is not None and not os.path.isfile(file):
+                if name == "key_file" and os.path.isdir(file):
+                    raise TransportError(
+                        f"key_file {file} is a directory: give the private key file"
+                    )
                 raise TransportError(
                     f"{name} {file} for {self._where} does not exist: fix the path"
                 )
-        if self._port is not None:
-            options["port"] = self._port
         if self._key_file is not None:
-            if os.path.isdir(self._key_file):
-                raise TransportError(
-                    f"key_file {self._key_file} is a directory: give the private key file"
-                )
             try:
-                options["client_keys"] = [asyncssh.read_private_key(self._key_file)]
-            except (asyncssh.KeyImportError, OSError, ValueError) as exc:
+                asyncssh.read_private_key(self._key_file)
+            except asyncssh.KeyImportError as exc:
+                if "assphrase" not in str(exc):  # encrypted: its passphrase comes when needed
+                    raise TransportError(
+                        f"key_file {self._key_file} is not a usable private key ({exc}): "
+                        "give an OpenSSH/PEM private key file"
+                    ) from exc
+            except (OSError, ValueError) as exc:
                 raise TransportError(
-                    f"key_file {self._key_file} is not a usable private key ({exc}): give "
-                    "an unencrypted OpenSSH/PEM private key, or load it into an SSH agent"
+                    f"key_file {self._key_file} is not a usable private key ({exc}): give an "
+                    "OpenSSH/PEM private key file"
                 ) from exc
-        if self._username is not None:  # None (asyncssh's default is ()) would break it
-            options["username"] = self._username
-        if self._password is not None:
-            options["password"] = self._password
+
+    def _options(self) -> dict[str, Any]:
+        """asyncssh.connect's keyword arguments shared by every hop."""
+        # Not passing `config` makes asyncssh read ~/.ssh/config; no known_hosts means
+        # ~/.ssh/known_hosts. No connect_timeout nor login_timeout: _within() times the dial
+        # without the time a person takes to answer (the server's LoginGraceTime still holds).
+        options: dict[str, Any] = {
+            "keepalive_interval": self._keepalive_interval_s,
+            "login_timeout": 0,
+        }
         if not self._strict:
             logger.warning(
                 "host keys of %s are not verified: strict_host_key_checking=False", self._where
@@ -156,78 +195,72 @@ class SSHSession:
             options["known_hosts"] = self._known_hosts
         return options
 
-    async def _dial(self) -> asyncssh.SSHClientConnection:
-        options = self._options()
+    async def _dial(
+        self,
+    ) -> tuple[asyncssh.SSHClientConnection, list[asyncssh.SSHClientConnection]]:
+        """The connection to the cluster, and those to the jump hosts it goes through."""
+        self._check_files()
+        hops = await route(self._host, self._port, self._username, self._jump_host)
+        conns: list[asyncssh.SSHClientConnection] = []
         try:
-            return await asyncssh.connect(self._host, **options)
-        except asyncssh.HostKeyNotVerifiable as exc:
-            known = self._known_hosts or "~/.ssh/known_hosts"
-            raise TransportError(
-                f"host key of {self._where} does not match known_hosts {known} ({exc.reason}): "
-                "check the host or update known_hosts"
-            ) from exc
-        except asyncssh.PermissionDenied as exc:
-            raise TransportError(await self._refusal(exc.reason, options)) from exc
-        except asyncio.TimeoutError as exc:  # before OSError: it is one on Python >= 3.11
-            raise ConnectionLostError(
-                f"connection to {self._where} timed out after {self._connect_timeout_s} s: "
-                "check the host, port and network (VPN, firewall)"
-            ) from exc
-        except socket.gaierror as exc:
-            raise TransportError(
-                f"cannot resolve host {self._host!r} ({exc.strerror}): check the host name"
-            ) from exc
-        except ConnectionRefusedError as exc:
-            raise ConnectionLostError(
-                f"connection to {self._where} refused: check the port and that sshd runs there"
-            ) from exc
-        except OSError as exc:
-            raise ConnectionLostError(
-                f"cannot reach {self._where} ({exc.strerror or exc}): check the host and network"
-            ) from exc
-        except asyncssh.ConnectionLost as exc:  # dropped during the handshake
-            raise ConnectionLostError(f"cannot connect to {self.location}: {exc}") from exc
-        except (asyncssh.Error, ValueError) as exc:  # unreadable keys, bad config, ...
-            raise TransportError(f"cannot connect to {self.location}: {exc}") from exc
+            for hop in hops:
+                conns.append(await self._login(hop, conns[-1] if conns else None, hops))
+        except BaseException:
+            for conn in reversed(conns):
+                conn.abort()
+            raise
+        return conns[-1], conns[:-1]
 
-    async def _refusal(self, reason: str, options: dict[str, Any]) -> str:
-        """Why authentication was refused, as far as the client side can tell: the user
-        really tried (``~/.ssh/config``'s ``User`` counts) and the keys asyncssh skipped."""
-        user, config_keys, agent = self._username or getpass.getuser(), [], ""
-        try:  # what asyncssh.connect resolved; config=(): read ~/.ssh/config, as it does
-            resolved = await asyncssh.SSHClientConnectionOptions.construct(
-                config=(), host=self._host, **options
+    async def _login(
+        self,
+        hop: Hop,
+        tunnel: asyncssh.SSHClientConnection | None,
+        hops: list[Hop],
+    ) -> asyncssh.SSHClientConnection:
+        secrets = self._secrets
+        secrets.begin_login(hop.agent_path)
+        keys = await asyncio.to_thread(client_keys, self._key_file, hop.identity_files, secrets)
+        options = {**self._options(), **keys, "username": hop.user, "tunnel": tunnel}
+        if hop.port is not None:
+            options["port"] = hop.port
+        options["client_factory"] = lambda: LoginClient(secrets, hop.label)
+        try:
+            return await self._within(asyncssh.connect(hop.host, **options))
+        except Exception as exc:
+            via = hops[hops.index(hop) - 1] if tunnel is not None else None
+            ours = dial_error(
+                exc,
+                hop,
+                via,
+                known_hosts=self._known_hosts,
+                key_file=self._key_file,
+                connect_timeout_s=self._connect_timeout_s,
+                problems=secrets.problems,
             )
-        except (asyncssh.Error, OSError, ValueError):
-            resolved = None
-        if resolved is not None:
-            user = resolved.username
-            config_keys = [str(k) for k in resolved.config.get("IdentityFile", ())]
-            agent = resolved.agent_path or ""
-        message = f"authentication as {user}@{self._where} refused ({reason})"
-        if self._key_file is not None:
-            return (
-                f"{message}: check username, key_file ({self._key_file}), password or the SSH agent"
-            )
-        if config_keys:
-            where, candidates = "IdentityFile in ~/.ssh/config", config_keys
-        else:
-            where = "default key"
-            candidates = [f"~/.ssh/{name}" for name in ("id_ed25519", "id_ecdsa", "id_rsa")]
-        locked = [path for path in candidates if _is_encrypted(os.path.expanduser(path))]
-        if locked:
-            helper = (
-                f"the SSH agent at {agent} does not hold it"
-                if agent
-                else "no SSH agent runs (SSH_AUTH_SOCK is not set)"
-            )
-            return (
-                f"{message}: the {where} {', '.join(locked)} is passphrase-protected and "
-                "was skipped (asyncssh uses an encrypted key only when given its passphrase, "
-                f"which clustrix cannot type), and {helper}: load it into an agent "
-                f"(ssh-add {locked[0]}) or set key_file to an unencrypted key"
-            )
-        return f"{message}: check username, key_file, password or the SSH agent"
+            if ours is exc:
+                raise
+            raise ours from exc
+
+    async def _within(self, dial: Awaitable[T]) -> T:
+        """``dial`` within ``connect_timeout_s``, not counting the time spent waiting for a
+        person to answer a question (asyncio.TimeoutError after that)."""
+        task = asyncio.ensure_future(dial)
+        loop = asyncio.get_running_loop()
+        started, asked_before = loop.time(), self._secrets.asked_s()
+        try:
+            while True:
+                spent = loop.time() - started - (self._secrets.asked_s() - asked_before)
+                left = self._connect_timeout_s - spent
+                if left <= 0:
+                    raise asyncio.TimeoutError
+                done, _ = await asyncio.wait({task}, timeout=left)
+                if done:
+                    return task.result()
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
 
     @contextlib.contextmanager
     def translated(
@@ -266,16 +299,3 @@ class SSHSession:
                     f"connection to {self.location} lost: {what}: {exc}"
                 ) from exc
             raise TransportError(f"{what} on {self.location} failed: {exc}") from exc
-
-
-def _is_encrypted(path: str) -> bool:
-    """True if ``path`` is a private key that needs a passphrase."""
-    if not os.path.isfile(path):
-        return False
-    try:
-        asyncssh.read_private_key(path)
-    except asyncssh.KeyImportError as exc:
-        return "assphrase" in str(exc)  # "Passphrase must be specified to import ..."
-    except (OSError, ValueError):
-        return False
-    return False

@@ -3,8 +3,11 @@
 Commands are channels of that one connection, files go through one SFTP client on it; both
 are opened lazily and reopened on the next call after the connection drops. The pieces:
 
-- :mod:`._ssh_session`: the connection, dialling, and the one translation of asyncssh's
-  exceptions into builtin ``OSError`` subclasses and :class:`clustrix.errors.TransportError`;
+- :mod:`._ssh_session`: the connection, dialling (through jump hosts), and the one
+  translation of asyncssh's exceptions into builtin ``OSError`` subclasses and
+  :class:`clustrix.errors.TransportError`;
+- :mod:`._ssh_auth` and :mod:`._ssh_prompt`: the login (keys, passphrases, passwords,
+  keyboard-interactive answers such as one-time codes) and the prompts that ask a person;
 - :mod:`._sftp`: every file operation SFTP answers (this transport delegates to it);
 - :mod:`._find`: the ``find -printf`` formats and parsers of the one-command tree scan;
 - here: :class:`SSHTransport`, commands, and the choice between ``find`` and SFTP.
@@ -39,6 +42,7 @@ from ._find import (
     split_find_output,
 )
 from ._sftp import SFTPFiles
+from ._ssh_prompt import AuthPrompt, default_prompt, no_prompt, notebook_prompt, terminal_prompt
 from ._ssh_session import SSHSession
 from .base import CommandResult, DirEntry, FileHandle, FileStat, OnError, Transport, TreeUsage
 
@@ -46,10 +50,15 @@ __all__ = [
     "FIND_DETAIL",
     "FIND_SIZES",
     "FIND_TYPES",
+    "AuthPrompt",
     "SSHTransport",
+    "default_prompt",
+    "no_prompt",
+    "notebook_prompt",
     "parse_find_entries",
     "parse_find_usage",
     "split_find_output",
+    "terminal_prompt",
 ]
 
 logger = logging.getLogger("clustrix.ssh")
@@ -86,7 +95,16 @@ class SSHTransport(Transport):
         connect_timeout_s: float = 15.0,
         command_timeout_s: float = 120.0,
         keepalive_interval_s: float = 30.0,
+        key_passphrase: str | None = None,
+        jump_host: str | None = None,
+        keyring_service: str | None = None,
+        auth_prompt: AuthPrompt | None = None,
     ) -> None:
+        """``auth_prompt`` asks a person for what the login needs and nothing else gives: a
+        key's passphrase, a password, a keyboard-interactive answer such as a one-time code
+        (called with the whole question, returns the answer; see :mod:`._ssh_prompt`).
+        None: :func:`~._ssh_prompt.default_prompt` (the notebook in Jupyter, else the
+        terminal when stdin is one, else nobody: the login fails saying what was asked)."""
         self._session = SSHSession(
             host=host,
             port=port,
@@ -98,6 +116,10 @@ class SSHTransport(Transport):
             connect_timeout_s=connect_timeout_s,
             command_timeout_s=command_timeout_s,
             keepalive_interval_s=keepalive_interval_s,
+            key_passphrase=key_passphrase,
+            jump_host=jump_host,
+            keyring_service=keyring_service,
+            auth_prompt=auth_prompt,
         )
         self._files = SFTPFiles(
             self._session,

@@ -35,6 +35,12 @@ OUTPUT = ROOT / "docs" / "guide" / "cluster-errors.json"
 #: Makes a fresh key pair nobody authorized (setup code of two cases).
 KEYGEN = 'subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", {!r}], check=True)'
 
+#: The login-test sshds' known_hosts (setup code of the login cases).
+LOGIN_KNOWN_HOSTS = (
+    "config = config.with_overrides("
+    "known_hosts=str(Path(config.known_hosts).parent / 'known_hosts_login'))"
+)
+
 CASES: dict[str, dict[str, str]] = {
     "key-file-missing": {
         "code": 'ClusterExecutor(config.with_overrides(key_file="/no/such/id_ed25519"))',
@@ -55,6 +61,31 @@ CASES: dict[str, dict[str, str]] = {
             'ClusterExecutor(config.with_overrides(key_file="id_unknown"))'
         ),
         "setup": KEYGEN.format("id_unknown"),
+    },
+    "key-locked-nobody-to-ask": {
+        "code": (
+            "# the cluster's key, with a passphrase; no agent, no passphrase given, no terminal\n"
+            'ClusterExecutor(config.with_overrides(key_file="id_locked"))'
+        ),
+        "setup": "Path('id_locked').write_bytes(Path(config.key_file).read_bytes())\n"
+        "os.chmod('id_locked', 0o600)\n"
+        "os.environ.pop('SSH_AUTH_SOCK', None)\n"
+        "subprocess.run(['ssh-keygen', '-q', '-p', '-P', '', '-N', 'a passphrase', '-f', "
+        "'id_locked'], check=True, stdout=subprocess.DEVNULL)",
+    },
+    "one-time-code-nobody-to-ask": {
+        "code": (
+            "# a server that wants the key and a one-time code; no terminal to ask in\n"
+            "ClusterExecutor(config.with_overrides(cluster_port=2225))"
+        ),
+        "setup": LOGIN_KNOWN_HOSTS,
+    },
+    "jump-host-will-not-forward": {
+        "code": (
+            "# the jump host does not forward to that port (its PermitOpen)\n"
+            'ClusterExecutor(config.with_overrides(cluster_port=2223, jump_host="127.0.0.1:2224"))'
+        ),
+        "setup": LOGIN_KNOWN_HOSTS,
     },
     "host-key-mismatch": {
         "code": (

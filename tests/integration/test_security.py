@@ -9,6 +9,7 @@ import logging
 import os
 import pickle
 import shlex
+import shutil
 import stat
 import subprocess
 import traceback
@@ -311,12 +312,14 @@ def test_ssh_config_hostname_user_identity_and_known_hosts_are_honoured(
 def test_a_locked_identity_file_is_named_with_the_user_really_tried(
     ssh_config_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # A passphrase-protected IdentityFile, no agent, no passphrase given: asyncssh skips the
-    # key. The error names the User of ~/.ssh/config (not the local user), the key, the fix.
+    # A passphrase-protected IdentityFile the server accepts, no agent, no passphrase given and
+    # nobody to ask (stdin is not a terminal). The error names the User of ~/.ssh/config (not
+    # the local user), the key, the fixes.
     cluster = require_cluster(slurm=False)
     locked = ssh_config_home / ".ssh" / "id_locked"
+    shutil.copy(cluster.key_file, locked)  # the authorized key, encrypted
     subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "a passphrase", "-f", str(locked)],
+        ["ssh-keygen", "-q", "-p", "-P", "", "-N", "a passphrase", "-f", str(locked)],
         check=True,
     )
     config = ssh_config_home / ".ssh" / "config"
