@@ -85,7 +85,11 @@ BUILTIN_BACKENDS: tuple[Backend, ...] = (
         "clustrix.schedulers.slurm:SlurmScheduler",
     ),
     Backend("sge", "(Son of) Grid Engine", "clustrix.schedulers.sge:SgeScheduler"),
-    Backend("ssh", "a plain host reached by SSH, no scheduler", None),
+    Backend(
+        "ssh",
+        "a plain host reached by SSH, no scheduler",
+        "clustrix.schedulers.direct:DirectScheduler",
+    ),
     Backend("pbs", "PBS Pro / Torque", None),
     Backend("lsf", "IBM Spectrum LSF", None),
     Backend("kubernetes", "Kubernetes Jobs", None),
