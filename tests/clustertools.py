@@ -11,6 +11,7 @@ import functools
 import os
 import shutil
 import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -83,6 +84,10 @@ def require_cluster(*, ssh: bool = True, slurm: bool = True) -> TestCluster:
     return test_cluster()
 
 
+#: The ssh-host backend's work dir: one per test session, so that files left by an earlier
+#: session (a test's marker files) are never taken for this one's.
+SSH_HOST_WORK_DIR = f"~/.clustrix-tests-ssh/{os.getpid()}-{int(time.time())}"
+
 #: Backends the contract runs against; a new backend joins by adding one entry here and
 #: one branch in ``backend_config``.
 BACKENDS = [
@@ -92,6 +97,7 @@ BACKENDS = [
     # Grid Engine over SSH as the test user; its submit-host mode ("sge-local", below) runs
     # the integration tests of tests/integration/test_sge.py only (the suite's time)
     pytest.param("sge-ssh", id="sge-ssh", marks=pytest.mark.cluster),
+    pytest.param("ssh-host", id="ssh-host", marks=pytest.mark.cluster),
 ]
 
 
@@ -108,6 +114,9 @@ def backend_config(backend: str, tmp_path: Path, **overrides: Any) -> ClusterCon
     if backend == "slurm-ssh":
         cluster = require_cluster(ssh=True, slurm=False)
         return cluster.ssh_config(cluster_type="slurm", remote_work_dir="~/.clustrix-tests", **fast)
+    if backend == "ssh-host":  # the test user's processes on the machine behind the sshd
+        cluster = require_cluster(ssh=True, slurm=False)
+        return cluster.ssh_config(cluster_type="ssh", remote_work_dir=SSH_HOST_WORK_DIR, **fast)
     if backend == "sge-local":  # on the submit host, as this process's user (root in CI)
         require_sge()
         return ClusterConfig(cluster_type="sge", remote_work_dir=str(tmp_path / "work"), **fast)

@@ -71,11 +71,13 @@ def work_dir() -> Iterator[str]:
     ssh_run(f"rm -rf ~/{path}")
 
 
-def run_script(project: Path, work_dir: str, **extra: str) -> dict[str, object]:
+def run_script(
+    project: Path, work_dir: str, cluster_type: str = "slurm", **extra: str
+) -> dict[str, object]:
     cluster = require_cluster(ssh=True, slurm=False)
     env = {k: v for k, v in os.environ.items() if not k.startswith("CLUSTRIX_") or "TEST" in k}
     env.update(
-        CLUSTRIX_CLUSTER_TYPE="slurm",
+        CLUSTRIX_CLUSTER_TYPE=cluster_type,
         CLUSTRIX_CLUSTER_HOST=cluster.host,
         CLUSTRIX_CLUSTER_PORT=str(cluster.port),
         CLUSTRIX_USERNAME=cluster.user,
@@ -102,14 +104,21 @@ def builds(work_dir: str) -> list[str]:
     return [line for line in out.splitlines() if line.strip()]
 
 
-def test_script_runs_remotely_then_reuses_env_and_code(project: Path, work_dir: str) -> None:
-    first = run_script(project, work_dir)
+#: The backends reached over SSH as the test user that the packager's main test runs on.
+SSH_CLUSTER_TYPES = ["slurm", "ssh"]
+
+
+@pytest.mark.parametrize("cluster_type", SSH_CLUSTER_TYPES)
+def test_script_runs_remotely_then_reuses_env_and_code(
+    project: Path, work_dir: str, cluster_type: str
+) -> None:
+    first = run_script(project, work_dir, cluster_type)
     assert first["results"] == [[3, 1], [5, 2], [7, 3]]
     stats = first["stats"]
     assert isinstance(stats, dict)
     assert stats["packaging.env_builds"] == 1
     assert stats["packaging.code_uploads"] == 1
-    second = run_script(project, work_dir)
+    second = run_script(project, work_dir, cluster_type)
     assert second["results"] == first["results"]
     stats = second["stats"]
     assert isinstance(stats, dict)
