@@ -43,6 +43,7 @@ _clx_boot=
 #: connection starts none twice. Nothing is printed before every task runs (a write to a
 #: dropped connection would kill the launcher half-way).
 LAUNCHER = """\
+umask 077  # the logs are the job's: private
 script=$1; logs=$2/logs; shift 2
 for t; do
   mkdir "$logs/$t.launch" 2>/dev/null || continue

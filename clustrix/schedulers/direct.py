@@ -6,8 +6,9 @@ group, which outlives the SSH connection that started it. The job script records
 is never taken for the job, and carries what a scheduler would do for it: the time limit
 (a watchdog that marks ``logs/<t>.timeout``, then TERM to the group, KILL after a grace) and
 the GPUs (``CUDA_VISIBLE_DEVICES`` claimed from the host's devices under ``flock``; a job
-waits for them, marked ``logs/<t>.wait``). Jobs beyond ``max_workers`` wait on the client, in
-the engine's held queue, as with every backend; its default is the host's CPU count.
+waits for them, marked ``logs/<t>.wait``, and its time limit counts from when it has them).
+Jobs beyond ``max_workers`` wait on the client, in the engine's held queue, as with every
+backend; its default is the host's CPU count.
 
 Job IDs read ``<host>:<run id>``, the run id being ``<job dir name>_<task>``: the status
 command finds the run record from it. ONE status command reports every job (liveness from
@@ -167,6 +168,7 @@ class DirectScheduler(Scheduler):
         lines = [
             "#!/bin/sh",
             f"# clustrix job {q(spec.job_name)}: {spec.n_tasks} task(s) on a plain host",
+            "umask 077  # what the job creates is private, its run record and GPU claims too",
             '_clx_t="$1"',
             f"_clx_logs={q(logs)}",
             START_OF.rstrip("\n"),

@@ -176,6 +176,8 @@ def test_each_task_leads_its_own_session_and_records_pid_start_and_boot(host: Ho
         assert fields[2] == fields[3] == str(pid)  # process group and session of its own
         record = (job_dir / "logs" / f"{task}.run").read_text().split()
         assert record == [str(pid), fields[19], boot]  # start time: field 22
+        for name in (f"{task}.run", f"{task}.out", f"{task}.err"):  # private, whatever umask
+            assert (job_dir / "logs" / name).stat().st_mode & 0o077 == 0
     assert host.status(job_ids) == dict.fromkeys(job_ids, "RUNNING")
     for task in range(2):
         (job_dir / f"release-{task}").touch()

@@ -1,5 +1,6 @@
 #!/bin/sh
 # clustrix job clustrix-train: 4 task(s) on a plain host
+umask 077  # what the job creates is private, its run record and GPU claims too
 _clx_t="$1"
 _clx_logs='/scratch/my jobs/run 1/0f3c9a/logs'
 _clx_start_of() {

@@ -1,5 +1,6 @@
 #!/bin/sh
 # clustrix job clustrix-simulate: 1 task(s) on a plain host
+umask 077  # what the job creates is private, its run record and GPU claims too
 _clx_t="$1"
 _clx_logs=/home/u/.clustrix/jobs/5e1d0c/logs
 _clx_start_of() {
