@@ -134,6 +134,8 @@ def test_max_workers_is_the_hosts_cpus_and_the_rest_wait_on_the_client(
     futures = [sh(two, WAIT, m, r) for m, r in zip(marks, releases, strict=True)]
     wait_running(futures[0])
     wait_running(futures[1])
+    # (running: the job is; its call may still be starting)
+    wait_until("both calls started", lambda: len(two.ls(d)) >= 2)
     # two slots, both taken: the others are held on the client, not started on the host
     assert [f.running() or f.done() for f in futures[2:]] == [False, False]
     assert [f.job_id for f in futures[2:]] == [None, None]
@@ -299,7 +301,7 @@ def test_a_killed_worker_fails_its_call_truthfully_and_the_others_go_on(
     log = f"{d}/killed.log"
     blocker = sh(ex, 'echo blocker >> "$1"; shift; ' + WAIT, log, f"{d}/m", f"{d}/release")
     others = [sh(ex, NOTE, str(v), log) for v in (2, 3)]
-    wait_running(blocker)
+    wait_until("the blocking call runs", lambda: ex.exists(f"{d}/m"))  # in the worker
     assert blocker.job_dir is not None
     ssh_run(f"pkill -KILL -f -- 'clustrix.worker run {blocker.job_dir} 0$'")
     with pytest.raises(JobFailedError) as info:
