@@ -146,6 +146,8 @@ def test_max_workers_is_the_hosts_cpus_and_the_rest_wait_on_the_client(
     assert futures[3].job_id is None
     ssh_run(f"touch {' '.join(releases)}")
     assert [f.result(timeout=120) for f in futures] == ["unset"] * 4
+    stats = two.stats()  # every job's status, exit and results: one command per poll cycle
+    assert stats["commands.sh"] == stats["poll_cycles"] > 0
 
 
 def test_kill_stops_every_process_of_the_job(ex: ClusterExecutor, fresh_dir: FreshDir) -> None:
