@@ -97,6 +97,9 @@ SGE_STATES: dict[str, JobState] = {
     **{f"failed {code}": state for code, (_, state) in QACCT_FAILED.items()},
 }
 
+#: The letters of qstat's state column (qstat(1)): d(eleted) E(rror) h(old) r(unning)
+#: R(estarted) s S T (suspended) t(ransferring) w(aiting) q(ueued) z(ombie).
+_STATE_LETTERS = frozenset("dEhrRsStTwqz")
 #: Parallel environments tried for ``cores`` > 1, in this order, among those that keep a
 #: job's slots on one host (``allocation_rule $pe_slots``); else the first such one.
 PREFERRED_PES = ("smp", "shm", "threads", "openmp", "omp", "make")
@@ -160,6 +163,8 @@ class SgeScheduler(Scheduler):
             return self.native_states[native]
         if native.startswith("failed "):
             return _F
+        if not native or not set(native) <= _STATE_LETTERS:
+            return _Q  # not Grid Engine's (the engine's own words, a new one): alive
         if "E" in native:
             return _F
         if native.startswith("d"):

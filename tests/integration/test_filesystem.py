@@ -49,6 +49,8 @@ BACKENDS = [
     pytest.param("ssh", id="ssh", marks=pytest.mark.cluster),
     # the plain-host backend: the same SSH transport, its own executor in the last test
     pytest.param("ssh-host", id="ssh-host", marks=pytest.mark.cluster),
+    # Grid Engine over SSH: likewise (its executor in the last test)
+    pytest.param("sge-ssh", id="sge-ssh", marks=pytest.mark.cluster),
 ]
 
 #: Names no shell may ever see unquoted: if one did, a PWNED file would appear.
@@ -127,7 +129,7 @@ def site(
         config = ClusterConfig(remote_work_dir=str(tmp_path_factory.mktemp("fs-work")))
     else:  # the scheduler plays no part in files: the SSH connection is what is tested
         config = require_cluster(ssh=True, slurm=False).ssh_config(
-            cluster_type="ssh" if backend == "ssh-host" else "slurm",
+            cluster_type={"ssh-host": "ssh", "sge-ssh": "sge"}.get(backend, "slurm"),
             remote_work_dir=f"~/clustrix-fs-test-{secrets.token_hex(4)}",
         )
     fs = ClusterFileSystem(config)

@@ -105,7 +105,7 @@ def builds(work_dir: str) -> list[str]:
 
 
 #: The backends reached over SSH as the test user that the packager's main test runs on.
-SSH_CLUSTER_TYPES = ["slurm", "ssh"]
+SSH_CLUSTER_TYPES = ["slurm", "ssh", "sge"]
 
 
 @pytest.mark.parametrize("cluster_type", SSH_CLUSTER_TYPES)

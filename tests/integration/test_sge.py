@@ -11,23 +11,18 @@ Most tests share one executor over SSH as the test user (``sge``); the tests mar
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
-import sys
-import textwrap
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import jobfuncs as jf
 import pytest
-import test_packaging as packaging_tests
-from clustertools import backend_config, require_cluster, require_sge, ssh_run, wait_running
+from clustertools import backend_config, require_sge, ssh_run, wait_running
 
 from clustrix import (
     ClusterExecutor,
@@ -330,77 +325,6 @@ def test_host_without_a_usable_python_is_a_clear_error(tmp_path: Path) -> None:
     config = backend_config("sge-ssh", tmp_path, python_executable="/no/such/python3")
     with pytest.raises(PackagingError, match="python_executable '/no/such/python3'"):
         ClusterExecutor(config)
-
-
-def test_filesystem_facade_shares_the_executors_connection(sge: ClusterExecutor) -> None:
-    d = f"fs-{uuid.uuid4().hex[:8]}"
-    sge.makedirs(d)
-    sge.write_bytes(f"{d}/a b.txt", b"hello")
-    assert sge.ls(d) == ["a b.txt"] and sge.read_bytes(f"{d}/a b.txt") == b"hello"
-    assert sge.glob("*.txt", d) == ["a b.txt"] and sge.du(d).total_bytes == 5
-    assert sge._async_fs.transport is sge._engine.transport  # type: ignore[attr-defined]
-    sge.rm(d, recursive=True)
-    assert not sge.exists(d)
-
-
-def make_project(root: Path) -> Path:
-    """The packager test's project: a local package of two modules and a script."""
-    (root / "mylab").mkdir(parents=True)
-    (root / "mylab" / "__init__.py").write_text('"""A lab package nobody published."""\n')
-    (root / "mylab" / "core.py").write_text("def scale(x):\n    return 2 * x\n")
-    (root / "mylab" / "stats.py").write_text(
-        "from .core import scale\n\ndef summary(x):\n    return scale(x) + 1\n"
-    )
-    (root / "analysis.py").write_text(textwrap.dedent(packaging_tests.SCRIPT))
-    return root
-
-
-def run_script(project: Path, work_dir: str) -> dict[str, Any]:
-    """``python analysis.py`` with an SGE-over-SSH config in the environment; its JSON."""
-    cluster = require_cluster(ssh=True, slurm=False)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLUSTRIX_") or "TEST" in k}
-    env.update(
-        CLUSTRIX_CLUSTER_TYPE="sge",
-        CLUSTRIX_CLUSTER_HOST=cluster.host,
-        CLUSTRIX_CLUSTER_PORT=str(cluster.port),
-        CLUSTRIX_USERNAME=cluster.user,
-        CLUSTRIX_KEY_FILE=str(cluster.key_file),
-        CLUSTRIX_KNOWN_HOSTS=str(cluster.known_hosts),
-        CLUSTRIX_REMOTE_WORK_DIR=work_dir,
-        CLUSTRIX_POLL_INTERVAL_MAX_S="0.5",
-    )
-    result = subprocess.run(
-        [sys.executable, "analysis.py"],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr
-    answer: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
-    return answer
-
-
-def test_a_script_with_local_code_and_a_requirement_runs_on_sge(tmp_path: Path) -> None:
-    """The packager's test, on Grid Engine over SSH: a ``__main__`` function using a local
-    package and a PyPI requirement the test user does not have, built into the remote
-    environment once, then reused."""
-    require_sge()
-    project = make_project(tmp_path / "proj")
-    work_dir = f"~/.clustrix-pkg-sge-{uuid.uuid4().hex[:8]}"
-    try:
-        first = run_script(project, work_dir)
-        assert first["results"] == [[3, 1], [5, 2], [7, 3]]
-        assert first["stats"]["packaging.env_builds"] == 1
-        assert first["stats"]["packaging.code_uploads"] == 1
-        second = run_script(project, work_dir)
-        assert second["results"] == first["results"]
-        assert second["stats"].get("packaging.env_builds", 0) == 0
-        assert second["stats"].get("packaging.code_uploads", 0) == 0
-        assert len(packaging_tests.builds(work_dir)) == 1
-    finally:
-        ssh_run(f"rm -rf {work_dir}")
 
 
 # --------------------------------------------------------------------------- daemon faults

@@ -328,6 +328,10 @@ def test_every_captured_native_word_is_mapped() -> None:
         ("hRr", JobState.RUNNING),
         ("RhS", JobState.QUEUED),
         ("Xyz", JobState.QUEUED),
+        # the engine's own words are not Grid Engine's letters
+        ("PENDING", JobState.QUEUED),
+        ("COMPLETED", JobState.QUEUED),
+        ("UNKNOWN", JobState.QUEUED),
     ],
 )
 def test_lifecycle_of_native_words(word: str, state: JobState) -> None:
