@@ -5,7 +5,7 @@ transport), which only swaps SSH for local processes.
 The golden files live in ``tests/data/golden/direct_*.sh``; after an intended change of the
 rendering, regenerate them and review the diff::
 
-    CLUSTRIX_UPDATE_GOLDEN=1 python -m pytest tests/unit/test_direct_scheduler.py
+    CLUSTRIX_TEST_UPDATE_GOLDEN=1 python -m pytest tests/unit/test_direct_scheduler.py
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from clustrix.schedulers.direct import DIRECT_STATES, DirectScheduler, gpu_pool,
 from clustrix.transports.local import LocalTransport
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden"
-UPDATE = os.environ.get("CLUSTRIX_UPDATE_GOLDEN") == "1"
+UPDATE = os.environ.get("CLUSTRIX_TEST_UPDATE_GOLDEN") == "1"
 
 SINGLE = JobSpec(
     job_dir="/home/u/.clustrix/jobs/5e1d0c",

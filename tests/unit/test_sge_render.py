@@ -3,7 +3,7 @@
 The expected scripts are ``tests/data/golden/sge_*.sh``. After an intended change of the
 rendering, regenerate them and review the diff before committing::
 
-    CLUSTRIX_UPDATE_GOLDEN=1 python -m pytest tests/unit/test_sge_render.py
+    CLUSTRIX_TEST_UPDATE_GOLDEN=1 python -m pytest tests/unit/test_sge_render.py
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from clustrix.schedulers.base import JobSpec, render_body
 from clustrix.schedulers.sge import SgeScheduler
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden"
-UPDATE = os.environ.get("CLUSTRIX_UPDATE_GOLDEN") == "1"
+UPDATE = os.environ.get("CLUSTRIX_TEST_UPDATE_GOLDEN") == "1"
 WEIRD = "a b'c\"$d`e`;f"
 
 SINGLE = JobSpec(
@@ -75,7 +75,7 @@ def test_script_matches_golden_file(spec: JobSpec, golden: str) -> None:
     path = GOLDEN / golden
     if UPDATE:
         path.write_text(script, encoding="utf-8")
-    assert path.exists(), f"missing {path}: run with CLUSTRIX_UPDATE_GOLDEN=1 to create it"
+    assert path.exists(), f"missing {path}: run with CLUSTRIX_TEST_UPDATE_GOLDEN=1 to create it"
     assert script == path.read_text(encoding="utf-8")
 
 

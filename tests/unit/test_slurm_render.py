@@ -3,7 +3,7 @@
 The expected scripts live in ``tests/data/golden/*.sh``. After an intended change of the
 rendering, regenerate them and review the diff before committing::
 
-    CLUSTRIX_UPDATE_GOLDEN=1 python -m pytest tests/unit/test_slurm_render.py
+    CLUSTRIX_TEST_UPDATE_GOLDEN=1 python -m pytest tests/unit/test_slurm_render.py
 
 With the variable set, each test rewrites its golden file from the current output and passes.
 """
@@ -25,7 +25,7 @@ from clustrix.schedulers.local import LocalScheduler
 from clustrix.schedulers.slurm import SlurmScheduler
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden"
-UPDATE = os.environ.get("CLUSTRIX_UPDATE_GOLDEN") == "1"
+UPDATE = os.environ.get("CLUSTRIX_TEST_UPDATE_GOLDEN") == "1"
 
 WEIRD = "a b'c\"$d`e`;f"
 SPACED_DIR = "/scratch/my jobs/run 1/0f3c9a"
@@ -78,7 +78,7 @@ def test_script_matches_golden_file(scheduler: Scheduler, spec: JobSpec, golden:
     if UPDATE:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(script, encoding="utf-8")
-    assert path.exists(), f"missing {path}: run with CLUSTRIX_UPDATE_GOLDEN=1 to create it"
+    assert path.exists(), f"missing {path}: run with CLUSTRIX_TEST_UPDATE_GOLDEN=1 to create it"
     assert script == path.read_text(encoding="utf-8")
 
 
