@@ -268,7 +268,8 @@ def test_killed_worker_process_fails_its_call(sge: ClusterExecutor) -> None:
 
 def test_shutdown_cancel_futures_leaves_nothing_in_qstat(tmp_path: Path) -> None:
     executor = ClusterExecutor(backend_config("sge-ssh", tmp_path))
-    futures = [executor.submit(jf.sleep_then, 4, i) for i in range(24)]  # 16 slots: 8 wait
+    # one submission whatever the load (a loop of submit() may become two arrays)
+    futures = executor.submit_map(jf.sleep_then, [4] * 24, range(24), chunksize=1)  # 8 wait
     wait_running(futures[0])
     executor.shutdown(wait=True, cancel_futures=True)
     assert any(f.cancelled() for f in futures)
