@@ -47,9 +47,15 @@ __all__ = ["CLUSTER_TYPES", "ClusterConfig", "Resources"]
 CLUSTER_TYPES = available_backends()
 
 ENV_PREFIX = "CLUSTRIX_"
-#: CLUSTRIX_* variables that are not config fields: the config file's name, and what the job
-#: script sets for the worker (user code on the node may build a ClusterConfig() there).
-_RESERVED_ENV = {"CLUSTRIX_CONFIG", CHECKPOINT_SIGNAL_ENV, "CLUSTRIX_MAX_RESULT_BYTES"}
+#: CLUSTRIX_* variables that are not config fields: the config file's name, what the job
+#: script sets for the worker (user code on the node may build a ClusterConfig() there), and
+#: the engine of the local backend (clustrix._engines.LOCAL_ENGINE_ENV).
+_RESERVED_ENV = {
+    "CLUSTRIX_CONFIG",
+    CHECKPOINT_SIGNAL_ENV,
+    "CLUSTRIX_MAX_RESULT_BYTES",
+    "CLUSTRIX_LOCAL_ENGINE",
+}
 #: The file ``ClusterConfig.load(path)`` reads instead of ``$CLUSTRIX_CONFIG``, for the
 #: duration of that call (a settings source cannot be given arguments per instance).
 _CONFIG_FILE: ContextVar[Path | None] = ContextVar("clustrix_config_file", default=None)

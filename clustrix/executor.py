@@ -37,7 +37,9 @@ from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._engine import Engine, Task
+from ._engines import ExecutorEngine, uses_local_pool
 from ._factory import make_scheduler, make_transport
+from ._localpool.engine import LocalPoolEngine
 from ._loop import LoopThread
 from ._serialize import Payload, dumps_arguments, dumps_call, dumps_function
 from .config import ClusterConfig, Resources
@@ -247,17 +249,28 @@ class ClusterExecutor(_Submitter, FileSystemMixin, Executor):
         build_environment = (
             config.build_environment if config.build_environment is not None else config.is_remote
         )
+        pooled = uses_local_pool(config, scheduler=scheduler, transport=transport)
+        # The local pool's workers import what this process imports: nothing to ship.
+        self._ships_code = not pooled
         self._loop = LoopThread(f"clustrix-executor-{next(_executor_ids)}")
-        self._engine = Engine(
-            config,
-            scheduler if scheduler is not None else make_scheduler(config),
-            transport if transport is not None else make_transport(config, auth_prompt=auth_prompt),
-            self._loop,
-            max_workers=max_workers,
-            python=python,
-            build_environment=build_environment and config.packaging,
-            registry=JobRegistry(config.state_dir or default_state_dir()),
-        )
+        self._engine: ExecutorEngine
+        if pooled:
+            self._engine = LocalPoolEngine(
+                config, self._loop, max_workers=max_workers, python=python
+            )
+        else:
+            self._engine = Engine(
+                config,
+                scheduler if scheduler is not None else make_scheduler(config),
+                transport
+                if transport is not None
+                else make_transport(config, auth_prompt=auth_prompt),
+                self._loop,
+                max_workers=max_workers,
+                python=python,
+                build_environment=build_environment and config.packaging,
+                registry=JobRegistry(config.state_dir or default_state_dir()),
+            )
         try:
             self._loop.run(self._engine.start())
         except BaseException:
@@ -305,15 +318,15 @@ class ClusterExecutor(_Submitter, FileSystemMixin, Executor):
         ``print(ex.plan_environment(fn, x))`` lists the pinned requirements, the local
         modules shipped as source, and imports found nowhere here.
         """
-        plan = self._plan(fn, [args], kwargs)
-        if plan is None or self._packager is None:
+        if self._packager is None:
             raise RuntimeError("packaging is turned off for this executor (packaging=False)")
+        plan = self._packager.plan(fn, list(args), kwargs)
         return self._packager.add_payloads(plan, [dumps_call(fn, args, kwargs)])
 
     def _plan(
         self, fn: Callable[..., Any], calls: list[tuple[Any, ...]], kwargs: dict[str, Any]
     ) -> EnvironmentPlan | None:
-        if self._packager is None:
+        if self._packager is None or not self._ships_code:
             return None
         return self._packager.plan(fn, [arg for args in calls for arg in args], kwargs)
 

@@ -27,7 +27,7 @@ from ._info import DiskUsage, FileInfo
 from ._paths import LocalPath, RemotePath
 
 if TYPE_CHECKING:
-    from .._engine import Engine
+    from .._engines import ExecutorEngine
 
 __all__ = [
     "ClusterFileSystem",
@@ -244,7 +244,7 @@ class FileSystemMixin(_FileSystemMethods):
     """The filesystem methods of :class:`clustrix.ClusterExecutor`, over its connection."""
 
     _loop: LoopThread
-    _engine: Engine
+    _engine: ExecutorEngine
     _shutdown: bool
 
     def _fs_parts(self) -> tuple[LoopThread, AsyncFileSystem]:

@@ -48,14 +48,24 @@ def test_map_returns_results_in_input_order(executor: ClusterExecutor) -> None:
     ]
 
 
-def test_map_chunksize_packs_calls_into_jobs(executor: ClusterExecutor) -> None:
+def test_map_chunksize_packs_calls_into_jobs(
+    make_executor: MakeExecutor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One process per job: on ``local`` the jobs engine's way. The local pool runs a job's
+    # calls on one warm worker and many jobs on the same worker (tests/unit/test_localpool.py).
+    monkeypatch.setenv("CLUSTRIX_LOCAL_ENGINE", "jobs")
+    executor = make_executor()
     pids = list(executor.map(jf.pid_of, range(12), chunksize=4))
     assert len(pids) == 12
     assert len(set(pids)) == 3  # 3 jobs of 4 calls, each job one process
     assert all(len(set(pids[i : i + 4])) == 1 for i in range(0, 12, 4))
 
 
-def test_map_chunksize_one_runs_one_call_per_job(executor: ClusterExecutor) -> None:
+def test_map_chunksize_one_runs_one_call_per_job(
+    make_executor: MakeExecutor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CLUSTRIX_LOCAL_ENGINE", "jobs")  # one process per job (see above)
+    executor = make_executor()
     pids = list(executor.map(jf.pid_of, range(4), chunksize=1))
     assert len(set(pids)) == 4
 

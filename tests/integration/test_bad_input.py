@@ -43,8 +43,9 @@ from clustrix import (
 #: Every wait has a deadline: a hang fails the test. Generous: the test cluster is shared.
 JOB_TIMEOUT_S = 240
 
-#: Commands that submit jobs, per backend: sbatch for SLURM, the launcher for local.
-SUBMIT_COMMANDS = ("commands.sbatch", "commands.sh:clustrix-launch")
+#: What counts a submission, per backend: sbatch for SLURM, the launcher for local's jobs
+#: engine, the submit/map calls the local pool took.
+SUBMIT_COMMANDS = ("commands.sbatch", "commands.sh:clustrix-launch", "pool.submissions")
 
 
 # ---------------------------------------------------------------------------------- helpers

@@ -66,7 +66,10 @@ def test_the_payload_would_run_code_if_unpickled(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("forgery", ["sealed-with-wrong-secret", "raw-cloudpickle"])
 def test_a_planted_result_is_rejected_and_never_unpickled(
-    make: Callable[..., ClusterExecutor], tmp_path: Path, forgery: str
+    make: Callable[..., ClusterExecutor],
+    tmp_path: Path,
+    forgery: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     marker = tmp_path / "unpickled-the-forgery"
     evil = CreatesFileWhenUnpickled(marker)
@@ -75,6 +78,8 @@ def test_a_planted_result_is_rejected_and_never_unpickled(
         data = _wire.dump_record(b"x" * 32, record)
     else:
         data = cloudpickle.dumps(evil)
+    # Result files: the jobs engine's (the local pool's results come over a private pipe).
+    monkeypatch.setenv("CLUSTRIX_LOCAL_ENGINE", "jobs")
     executor = make("local")
     future = executor.submit(jf.sleep_then, 5, "real")
     wait_running(future)
@@ -105,8 +110,11 @@ def expected_modes(job_dir: str) -> dict[str, str]:
 
 
 def test_job_dirs_are_0700_and_job_files_0600_on_the_local_backend(
-    make: Callable[..., ClusterExecutor], tmp_path: Path
+    make: Callable[..., ClusterExecutor], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Job directories: the jobs engine's (the local pool has only its logs, checked in
+    # tests/unit/test_localpool.py).
+    monkeypatch.setenv("CLUSTRIX_LOCAL_ENGINE", "jobs")
     executor = make("local", cleanup="never")  # keep tasks/ and results/ to look at
     future = executor.submit(jf.square, 3)
     assert future.result(timeout=JOB_TIMEOUT_S) == 9
