@@ -87,6 +87,18 @@ CHILD_TIMEOUT_S = 300
 TRANSPORT_OPS = ("connect", "run", "home", "read_bytes", "write_bytes", "read_tail", "stat")
 
 
+def os_release() -> str:
+    """The distribution, from /etc/os-release (``Debian GNU/Linux 12 (bookworm)``)."""
+    try:
+        for line in Path("/etc/os-release").read_text().splitlines():
+            key, _, value = line.partition("=")
+            if key == "PRETTY_NAME":
+                return value.strip('"')
+    except OSError:
+        pass
+    return "OS n/a"
+
+
 def noop(x: Any = None) -> Any:
     """Nothing at all (sent by value: the cluster has no copy of this module)."""
     return x
@@ -494,12 +506,22 @@ class Bench:
 
     def sample(self, into: Measured, what: str, fn: Callable[[], T], connections: bool = True) -> T:
         """``fn()``, its wall time and wire turns added to ``into``; measured again (up to
-        3 times) when the sshd restarted meanwhile (``connections``: a new connection
-        through the proxy counts as that too)."""
+        3 times) when it failed or the sshd restarted meanwhile (``connections``: a new
+        connection through the proxy counts as that too): the test cluster is shared."""
         for attempt in range(3):
             epoch = self.epoch(connections)
             turns0, t0 = self.turns(), time.perf_counter()
-            value = fn()
+            try:
+                value = fn()
+            except Exception as exc:  # a job cancelled or a daemon restarted by another test
+                if attempt == 2:
+                    raise
+                self.notes.append(
+                    f"{what}: failed ({type(exc).__name__}: "
+                    f"{str(exc).splitlines()[0][:160] if str(exc) else ''}); measured again"
+                )
+                self.idle(what)
+                continue
             elapsed, turns = time.perf_counter() - t0, self.turns() - turns0
             if self.epoch(connections) == epoch:
                 break
@@ -869,8 +891,8 @@ def main() -> int:
             [
                 f"### {title} — {now_text()}",
                 "",
-                f"Machine (sshd, slurmctld, slurmd, the proxy and the client all on it): "
-                f"{machine_facts()}",
+                f"Machine (sshd, slurmctld, slurmd, the proxy and the client all on it, "
+                f"over loopback + the proxy): {os_release()}; {machine_facts()}",
                 "",
                 f"Code: {code}. Run: `{cmd}`. Link: `benchmarks/latency_proxy.py`, "
                 f"{opts.delay_ms:g} ms each way, in front of {bench.login.user}@"
