@@ -174,6 +174,8 @@ def test_a_yielded_result_is_no_longer_referenced(executor: ClusterExecutor) -> 
     assert [len(b.data) for b in results] == [1000, 1000]
 
 
+# the first run on a cluster builds the remote environment with scipy and numpy (pip)
+@pytest.mark.timeout(900)
 def test_scipy_differential_evolution_with_workers_ex_map(executor: ClusterExecutor) -> None:
     optimize = pytest.importorskip("scipy.optimize")
     common = dict(bounds=[(-3, 3), (-3, 3)], seed=7, maxiter=4, popsize=5, polish=False)
