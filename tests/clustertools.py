@@ -127,8 +127,10 @@ def backend_config(backend: str, tmp_path: Path, **overrides: Any) -> ClusterCon
     raise ValueError(backend)
 
 
-#: The sge-ssh backend's work dir (the test user's, apart from SLURM's).
-SGE_SSH_WORK_DIR = "~/.clustrix-tests-sge"
+#: The sge-ssh backend's work dir: the test user's, apart from SLURM's, and one per test
+#: session, so that a marker file an earlier (or a concurrent) session left is never taken
+#: for this one's.
+SGE_SSH_WORK_DIR = f"~/.clustrix-tests-sge/{os.getpid()}-{int(time.time())}"
 
 
 @functools.lru_cache(maxsize=1)
