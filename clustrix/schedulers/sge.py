@@ -122,12 +122,6 @@ _TRANSIENT_SUBMIT_ERRORS = (
 )
 
 
-def _quote_directive(value: str) -> str:
-    # qsub's #$ parser takes a double-quoted value with spaces; the config refuses quotes
-    # and newlines in the paths that reach here.
-    return f'"{value}"' if any(c.isspace() for c in value) else value
-
-
 class SgeScheduler(Scheduler):
     """Grid Engine via qsub / qstat -xml / qacct / qdel."""
 
@@ -274,18 +268,18 @@ class SgeScheduler(Scheduler):
     def directives(self, spec: JobSpec) -> list[str]:
         """The ``#$`` options of a submission, generic resources mapped to Grid Engine."""
         res = spec.resources
-        logs = spec.path(_wire.LOGS_DIR)
-        # Grid Engine's own messages (before the script redirects its output, below); it
-        # expands $TASK_ID, $HOME... in these paths, so a path with a "$" is not given to it
-        sge_log = f"{logs}/sge.log" if "$" not in logs else "/dev/null"
         extras = [e.strip().removeprefix("#$").strip() for e in res.extra_directives]
         name = spec.job_name if spec.job_name[:1].isalpha() else f"j{spec.job_name}"
         options = [
             f"-N {name}",  # the executor keeps [A-Za-z0-9_.-]; qsub refuses a leading digit
             "-S /bin/bash",
             "-cwd",  # as sbatch: the job runs where the submit command ran (the login dir)
+            # The script sends its output to the task's logs itself (below). Not the job dir
+            # here: a task that starts after its directory was removed (cleaned up while the
+            # task was being dispatched) would be held in error state (Eqw) for ever, where
+            # with /dev/null it just ends. Grid Engine's own errors reach qstat -j and qacct.
             "-j y",
-            f"-o {_quote_directive(sge_log)}",  # -o appends
+            "-o /dev/null",
             # the job dir's name marks the submission, in qstat -j and in qacct alike
             f"-A clustrix_{posixpath.basename(spec.job_dir)}",
         ]
@@ -324,7 +318,8 @@ class SgeScheduler(Scheduler):
         lines += [
             f"# clustrix job {q(spec.job_name)}: {spec.n_tasks} task(s)",
             f"_clx_logs={q(spec.path(_wire.LOGS_DIR))}",
-            f'exec >>"$_clx_logs/{task}.out" 2>>"$_clx_logs/{task}.err"',
+            # (bash goes on after a redirection that failed: a removed job dir ends the task)
+            f'exec >>"$_clx_logs/{task}.out" 2>>"$_clx_logs/{task}.err" || exit 1',
         ]
         return "\n".join(lines) + "\n" + render_body(spec, f'"{task}"')
 

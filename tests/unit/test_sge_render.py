@@ -95,7 +95,7 @@ def test_single_job_defaults() -> None:
         "-S /bin/bash",
         "-cwd",
         "-j y",
-        "-o /home/u/.clustrix/jobs/5e1d0c/logs/sge.log",
+        "-o /dev/null",
         "-A clustrix_5e1d0c",
     ]
     assert script.endswith(render_body(SINGLE, '"0"'))
@@ -114,17 +114,17 @@ def test_array_resources_mapped_to_grid_engine() -> None:
     assert "-q short.q" in opts
     assert "-P proj42" in opts
     assert opts[-2:] == ["-l scratch=10G", "-R y"]  # '#$' prefix dropped
-    assert '-o "/scratch/my jobs/run 1/0f3c9a/logs/sge.log"' in opts
 
 
 def test_job_names_grid_engine_refuses_are_made_acceptable() -> None:
     assert "-N j1run" in options(sge().render_script(replace(SINGLE, job_name="1run")))
 
 
-def test_a_path_with_a_dollar_is_not_given_to_grid_engine() -> None:
-    # Grid Engine expands $HOME, $TASK_ID ... in -o paths
+def test_no_path_of_the_job_dir_is_given_to_grid_engine() -> None:
+    # a task dispatched after its directory was removed must end, not wait in Eqw (an -o
+    # path Grid Engine cannot open puts it there); and Grid Engine expands $HOME... in -o
     spec = replace(SINGLE, job_dir="/home/u/$HOME/jobs/1")
-    assert "-o /dev/null" in options(sge().render_script(spec))
+    assert all(spec.job_dir not in o for o in options(sge().render_script(spec)))
 
 
 def test_cores_use_the_single_host_parallel_environment() -> None:
@@ -215,3 +215,14 @@ def test_any_job_dir_reaches_the_worker_and_the_logs(tmp_path: Path, name: str) 
     assert argv == ["-m", "clustrix.worker", "run", str(job_dir), "1"]
     quoted = shlex.quote(str(job_dir / _wire.LOGS_DIR))
     assert f"_clx_logs={quoted}" in sge().render_script(spec).split("\n")
+
+
+def test_a_task_whose_job_dir_was_removed_ends_at_once(tmp_path: Path) -> None:
+    spec = replace(SINGLE, job_dir=str(tmp_path / "gone"), python=stub_python(tmp_path))
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "SGE_TASK_ID": "undefined"}
+    env["STUB_ARGV"] = str(tmp_path / "argv")
+    proc = subprocess.run(
+        ["bash", "-c", sge().render_script(spec)], env=env, capture_output=True, timeout=30
+    )
+    assert proc.returncode == 1
+    assert not (tmp_path / "argv").exists()  # the worker never started

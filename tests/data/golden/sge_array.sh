@@ -3,7 +3,7 @@
 #$ -S /bin/bash
 #$ -cwd
 #$ -j y
-#$ -o "/scratch/my jobs/run 1/0f3c9a/logs/sge.log"
+#$ -o /dev/null
 #$ -A clustrix_0f3c9a
 #$ -t 1-10
 #$ -tc 4
@@ -16,7 +16,7 @@
 #$ -R y
 # clustrix job clustrix-simulate: 10 task(s)
 _clx_logs='/scratch/my jobs/run 1/0f3c9a/logs'
-exec >>"$_clx_logs/$((SGE_TASK_ID - 1)).out" 2>>"$_clx_logs/$((SGE_TASK_ID - 1)).err"
+exec >>"$_clx_logs/$((SGE_TASK_ID - 1)).out" 2>>"$_clx_logs/$((SGE_TASK_ID - 1)).err" || exit 1
 set -u
 umask 077
 _clx_task="$((SGE_TASK_ID - 1))"

@@ -3,11 +3,11 @@
 #$ -S /bin/bash
 #$ -cwd
 #$ -j y
-#$ -o /home/u/.clustrix/jobs/5e1d0c/logs/sge.log
+#$ -o /dev/null
 #$ -A clustrix_5e1d0c
 # clustrix job clustrix-simulate: 1 task(s)
 _clx_logs=/home/u/.clustrix/jobs/5e1d0c/logs
-exec >>"$_clx_logs/0.out" 2>>"$_clx_logs/0.err"
+exec >>"$_clx_logs/0.out" 2>>"$_clx_logs/0.err" || exit 1
 set -u
 umask 077
 _clx_task="0"
