@@ -184,6 +184,54 @@ def measure(
     return rows
 
 
+def cpu_s() -> float:
+    """User + system CPU seconds of this process (all its threads)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def worker_cpu_s(cx: ClusterExecutor) -> float | None:
+    """CPU seconds of the local pool's worker processes so far (Linux ``/proc``; reads the
+    engine's private state: None if it moved)."""
+    try:
+        pids = [w.pid for w in cx._engine._core.workers]  # type: ignore[attr-defined]
+        total = 0
+        for pid in pids:
+            with open(f"/proc/{pid}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        return total / os.sysconf("SC_CLK_TCK")
+    except Exception:
+        return None
+
+
+def chunk_breakdown(cx: ClusterExecutor, samples: int) -> str:
+    """Where a 1,000-call chunksize=50 no-op map's time goes: the executor's ``submit_map``
+    (pickling every call and making its future, before the first job is queued), the rest
+    until the last result; the client's CPU (its threads share one GIL) and the workers'."""
+    parts: list[tuple[float, float, float, float]] = []
+    for _ in range(samples):
+        cpu0, workers0 = cpu_s(), worker_cpu_s(cx)
+        t0 = time.perf_counter()
+        futures = cx.submit_map(noop, range(N_MAP), chunksize=50)
+        t1 = time.perf_counter()
+        for future in futures:
+            future.result()
+        t2 = time.perf_counter()
+        workers1 = worker_cpu_s(cx)
+        spent = (workers1 - workers0) if workers0 is not None and workers1 is not None else -1
+        parts.append((t1 - t0, t2 - t1, cpu_s() - cpu0, spent))
+    submit, rest, client, workers = (median(list(x)) for x in zip(*parts, strict=True))
+    return (
+        f"(b) no-op chunksize=50, where the time goes (median of {samples}): submit_map "
+        f"{fmt_s(submit)} (the executor pickles every call and makes its future before the "
+        f"first job is queued), then {fmt_s(rest)} to the last result; CPU: the client "
+        f"{fmt_s(client)} (executor and engine threads, one GIL), the workers "
+        + (f"{fmt_s(workers)}" if workers >= 0 else "n/a")
+        + " (clock ticks of 10 ms)"
+    )
+
+
 # ------------------------------------------------------------------------- (d) memory
 def vm_rss_kb() -> int:
     """This process's resident set size now, in KB (Linux ``/proc``; 0 elsewhere)."""
@@ -287,6 +335,9 @@ def main() -> int:
                 list(cx.map(noop, range(workers * 4)))
                 # the jobs engine's maps are slow (a process per job): fewer samples
                 rows += measure(cx, pool, works, samples if engine == "pool" else 1, label, diag)
+                if engine == "pool":
+                    diag.append(chunk_breakdown(cx, samples))
+                    print(diag[-1])
         os.environ.pop("CLUSTRIX_LOCAL_ENGINE", None)
         rows += memory_rows(work_dir, 1 if opts.quick else 3, diag)
 

@@ -30,9 +30,12 @@ from clustrix import (
     JobFailedError,
 )
 from clustrix._engine import Engine
+from clustrix._engines import uses_local_pool
 from clustrix._localpool import _dispatch
 from clustrix._localpool.engine import LocalPoolEngine
 from clustrix.lifecycle import JobState
+from clustrix.schedulers.local import LocalScheduler
+from clustrix.transports.local import LocalTransport
 
 Make = Callable[..., ClusterExecutor]
 TIMEOUT_S = 120
@@ -109,6 +112,21 @@ def test_the_pool_is_what_local_gets_and_the_switch_picks_the_jobs_engine(
     with pytest.raises(ConfigError, match=r"CLUSTRIX_LOCAL_ENGINE='threads'.*pool or jobs"):
         ClusterExecutor(remote_work_dir=str(tmp_path / "x"))
     assert {t.name for t in threading.enumerate()} <= before  # no loop thread left behind
+
+
+def test_only_local_without_host_or_injected_parts_gets_the_pool(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("CLUSTRIX_LOCAL_ENGINE", raising=False)  # the default: pool
+    local = ClusterConfig()
+    assert uses_local_pool(local, scheduler=None, transport=None)
+    assert not uses_local_pool(local, scheduler=LocalScheduler(), transport=None)
+    assert not uses_local_pool(local, scheduler=None, transport=LocalTransport())
+    over_ssh = ClusterConfig(cluster_type="local", cluster_host="login.example.org")
+    assert not uses_local_pool(over_ssh, scheduler=None, transport=None)  # jobs there
+    venv = ClusterConfig(build_environment=True)  # a venv per job: the jobs engine's
+    assert not uses_local_pool(venv, scheduler=None, transport=None)
+    assert not uses_local_pool(ClusterConfig(cluster_type="slurm"), scheduler=None, transport=None)
 
 
 def test_a_job_id_names_the_worker_process_that_ran_it(make: Make) -> None:
