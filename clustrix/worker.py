@@ -86,6 +86,44 @@ def run_call(
         args, kwargs = pickle.loads(arguments)
     except BaseException as exc:
         return _error_record(exc, "clustrix: the call could not be unpickled on the node")
+    if fn is run_chunk:  # its records were each checked against the limit already
+        return _outcome(fn, args, kwargs, checkpointer, limit=0)
+    return _outcome(fn, args, kwargs, checkpointer)
+
+
+def run_chunk(function: bytes, calls: list[tuple[object, ...]]) -> list[_wire.Record]:
+    """Run ``function`` on each argument tuple of ``calls``, in order: one result record per
+    call (never raises).
+
+    The local pool's ``map(..., chunksize=k)`` sends a chunk of k calls as ONE call of this
+    function (its arguments pickled once, not k times; one message and one future instead
+    of k), as ``ProcessPoolExecutor`` does; each call still gets its own record, so a call
+    that raises fails only its own result.
+    """
+    records: list[_wire.Record] = []
+    limit = int(os.environ.get("CLUSTRIX_MAX_RESULT_BYTES", "0") or 0)
+    for args in calls:
+        try:
+            fn = pickle.loads(function)  # anew per call, as run_call does
+        except BaseException as exc:
+            records.append(
+                _error_record(exc, "clustrix: the call could not be unpickled on the node")
+            )
+            continue
+        record = _outcome(fn, args, {}, None, limit)
+        assert record is not None  # no checkpointer: every call runs
+        records.append(record)
+    return records
+
+
+def _outcome(
+    fn: Callable[..., object],
+    args: tuple[object, ...],
+    kwargs: dict[str, object],
+    checkpointer: _Checkpointer | None,
+    limit: int | None = None,
+) -> _wire.Record | None:
+    """Run one unpickled call and pickle its outcome (see :func:`run_call`)."""
     try:
         if checkpointer is not None:
             checkpointer.current = (fn, args, kwargs)
@@ -109,7 +147,8 @@ def run_call(
             f"sent back: {exc}. Return plain data, or convert it before returning.",
         )
         return record
-    limit = int(os.environ.get("CLUSTRIX_MAX_RESULT_BYTES", "0") or 0)
+    if limit is None:
+        limit = int(os.environ.get("CLUSTRIX_MAX_RESULT_BYTES", "0") or 0)
     if limit and len(data) > limit:
         return {
             "ok": False,
