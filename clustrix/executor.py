@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ._chunked import chunk_payloads, results_of_chunks
 from ._engine import Engine, Task
 from ._engines import ExecutorEngine, uses_local_pool
 from ._factory import make_scheduler, make_transport
@@ -114,13 +115,20 @@ class _Submitter:
         of about as many tasks as the cluster can run at once, and each task takes the next
         call nobody has taken yet: a slow call holds up only the task that runs it.
         ``chunksize=k`` runs exactly k calls per job instead (``chunksize=1``: one scheduler
-        job per call). A call that raises fails only its own result.
+        job per call; on the local pool a chunk travels as one message, as in
+        ``ProcessPoolExecutor``). A call that raises fails only its own result.
 
         ``progress=True`` shows how many calls are done, pending, running and failed while
         they run, in a terminal or a notebook (:class:`clustrix.Progress`), from the polls
         the executor makes anyway.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        executor = self._executor
+        if chunksize is not None and chunksize > 1 and not progress and executor._chunk_calls:
+            # zip stops at the shortest iterable, as the builtin map does
+            payloads = chunk_payloads(fn, list(zip(*iterables)), chunksize)  # noqa: B905
+            chunks = executor._enqueue(fn, payloads, 1, self._resources)
+            return results_of_chunks(chunks, deadline)
         futures = self.submit_map(fn, *iterables, chunksize=chunksize)
         shown = _progress_of(fn, futures) if progress else None
         return _results_in_order(futures, deadline, shown)
@@ -252,6 +260,8 @@ class ClusterExecutor(_Submitter, FileSystemMixin, Executor):
         pooled = uses_local_pool(config, scheduler=scheduler, transport=transport)
         # The local pool's workers import what this process imports: nothing to ship.
         self._ships_code = not pooled
+        # ... and a call costs them so little that map's chunks travel as one call each.
+        self._chunk_calls = pooled
         self._loop = LoopThread(f"clustrix-executor-{next(_executor_ids)}")
         self._engine: ExecutorEngine
         if pooled:

@@ -9,12 +9,15 @@ No wall-clock thresholds: waits have generous deadlines, order is asserted with 
 
 from __future__ import annotations
 
+import concurrent.futures as cf
+import gc
 import os
 import signal
 import stat
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,8 @@ from clustrix import (
     ClusterExecutor,
     ConfigError,
     JobFailedError,
+    RemoteTraceback,
+    SerializationError,
 )
 from clustrix._engine import Engine
 from clustrix._engines import uses_local_pool
@@ -377,3 +382,81 @@ def test_the_worker_imports_only_what_the_call_needs(make: Make) -> None:
 def test_the_workers_get_the_configured_environment(make: Make) -> None:
     ex = make(environment_variables={"CLUSTRIX_TEST_POOL_VAR": "set"})
     assert ex.submit(jf.read_env, "CLUSTRIX_TEST_POOL_VAR").result(timeout=TIMEOUT_S) == "set"
+
+
+# ---------------------------------------------------------------- map(..., chunksize=k)
+# A chunk travels as ONE call of clustrix.worker.run_chunk (clustrix/_chunked.py).
+
+
+def test_a_map_chunk_travels_as_one_call(make: Make) -> None:
+    ex = make()
+    before = ex.stats()
+    results = list(ex.map(jf.add, range(100), range(100, 200), chunksize=10))
+    assert results == [x + y for x, y in zip(range(100), range(100, 200), strict=True)]
+    after = ex.stats()
+    assert after["pool.calls"] - before.get("pool.calls", 0) == 10  # one message per chunk
+    assert after["pool.submissions"] - before.get("pool.submissions", 0) == 1
+    # a short last chunk, and more chunks than workers
+    assert list(ex.map(jf.square, range(23), chunksize=5)) == [x * x for x in range(23)]
+
+
+def test_a_failing_input_of_a_chunk_raises_its_own_error_at_its_place(make: Make) -> None:
+    ex = make()
+    results = ex.map(jf.fail_if, range(8), [5] * 8, chunksize=4)
+    assert [next(results) for _ in range(5)] == [0, 1, 2, 3, 4]  # 4 is in the failing chunk
+    with pytest.raises(ValueError, match="bad value 5") as info:
+        next(results)
+    assert isinstance(info.value.__cause__, RemoteTraceback)
+    assert "fail_if" in str(info.value.__cause__)
+    with pytest.raises(StopIteration):  # map ends at its first error, as the stdlib's does
+        next(results)
+
+
+def test_a_crash_in_a_map_chunk_fails_that_chunk_and_the_pool_goes_on(make: Make) -> None:
+    ex = make(max_workers=1)
+    results = ex.map(die_if, range(9), [4] * 9, chunksize=3)
+    assert [next(results) for _ in range(3)] == [0, 1, 2]
+    with pytest.raises(JobFailedError) as info:  # the chunk of inputs 3-5
+        next(results)
+    assert info.value.exit_code == 7 and "dying at 4" in info.value.stderr_tail
+    assert ex.submit(jf.add, 1, 2).result(timeout=TIMEOUT_S) == 3  # a new worker
+    assert ex.stats()["pool.worker_exits"] == 1
+
+
+def test_an_input_that_cannot_travel_is_named_and_nothing_runs(make: Make) -> None:
+    ex = make()
+    before = ex.stats().get("pool.submissions", 0)
+    with pytest.raises(SerializationError, match=r"map call 6 \(input #6\)"):
+        ex.map(jf.identity, [*range(6), threading.Lock(), 8], chunksize=4)
+    assert ex.stats().get("pool.submissions", 0) == before
+
+
+def test_leaving_a_chunked_map_early_cancels_the_chunks_not_started(
+    make: Make, tmp_path: Path
+) -> None:
+    ex = make(max_workers=1)
+    markers = [str(tmp_path / f"early-{i}") for i in range(8)]
+    results = ex.map(jf.sleep_and_touch, [0.2] * 8, markers, chunksize=2)
+    assert next(results) == markers[0]
+    results.close()
+    ex.submit(jf.add, 0, 0).result(timeout=TIMEOUT_S)  # runs after whatever had started
+    ran = sum(os.path.exists(m) for m in markers)
+    assert 2 <= ran <= 4  # the first chunk, and at most the one that had started
+
+
+def test_a_chunked_map_timeout_is_one_deadline(make: Make) -> None:
+    ex = make()
+    results = ex.map(jf.sleep_then, [0, 3, 3, 3], timeout=1.0, chunksize=2)
+    with pytest.raises(cf.TimeoutError):
+        list(results)
+
+
+def test_a_chunked_map_keeps_no_yielded_result(make: Make) -> None:
+    ex = make()
+    results = ex.map(jf.make_blob, [10, 20, 30], chunksize=3)
+    first = next(results)
+    ref = weakref.ref(first)
+    del first
+    gc.collect()
+    assert ref() is None  # the iterator holds the other records, not this value
+    assert [b.data for b in results] == [b"x" * 20, b"x" * 30]
