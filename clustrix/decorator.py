@@ -13,9 +13,12 @@ Without an explicit ``executor``, decorated functions share one executor per con
 from __future__ import annotations
 
 import functools
+import hashlib
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any, Generic, ParamSpec, TypeVar
+
+from pydantic import SecretStr
 
 from .config import ClusterConfig
 from .executor import ClusterExecutor, ExecutorView
@@ -30,9 +33,21 @@ _shared: dict[str, ClusterExecutor] = {}
 _shared_lock = threading.Lock()
 
 
+def _config_key(config: ClusterConfig) -> str:
+    """Equal for configs that may share an executor. The JSON dump stars secrets out, so
+    their digest is added: configs that differ only in a password must not share one."""
+    secrets = [
+        f"{name}={value.get_secret_value()}"
+        for name in type(config).model_fields
+        if isinstance(value := getattr(config, name), SecretStr)
+    ]
+    digest = hashlib.sha256("\0".join(secrets).encode()).hexdigest()
+    return f"{config.model_dump_json()}\0{digest}"
+
+
 def _shared_executor(config: ClusterConfig | None) -> ClusterExecutor:
     config = config if config is not None else ClusterConfig.load()
-    key = config.model_dump_json()
+    key = _config_key(config)
     with _shared_lock:
         executor = _shared.get(key)
         if executor is None or executor._shutdown:

@@ -508,3 +508,15 @@ def test_with_overrides_is_a_validated_copy() -> None:
         config.with_overrides(max_workers=0)
     with pytest.raises(ConfigError, match="did you mean 'cluster_host'"):
         config.with_overrides(cluster_hots="h")
+
+
+def test_configs_differing_only_in_a_secret_do_not_share_a_decorator_executor() -> None:
+    from clustrix.decorator import _config_key
+
+    base = {"cluster_type": "slurm", "cluster_host": "h"}
+    one = ClusterConfig(**base, password=SecretStr("first-password"))
+    other = ClusterConfig(**base, password=SecretStr("second-password"))
+    assert one.model_dump_json() == other.model_dump_json()  # the dump stars secrets out
+    assert _config_key(one) != _config_key(other)
+    assert _config_key(one) == _config_key(ClusterConfig(**base, password="first-password"))
+    assert "first-password" not in _config_key(one)
