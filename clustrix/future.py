@@ -140,7 +140,9 @@ class ClusterFuture(Future[T]):
 
         A pending call is cancelled (as :meth:`cancel`); a running one fails with
         :class:`clustrix.JobFailedError` (state ``CANCELLED``). Returns False if the call had
-        already finished. With ``chunksize > 1`` this stops every call of the same job.
+        already finished, or if the scheduler's cancel command failed (a warning is logged;
+        the call then ends as it ends, its result not lost). With ``chunksize > 1`` this
+        stops every call of the same job.
         """
         if self.cancel():
             return True

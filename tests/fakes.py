@@ -207,6 +207,14 @@ exit 0
 
 # Cancels live jobs (an array by its base ID too); ended ones stay as they are, as scancel.
 _CANCEL = r"""
+for f in "$d"/cancel_errors/*; do
+  [ -e "$f" ] || break
+  t="$d/cancel_errors/.taken.$$"
+  mv -f -- "$f" "$t" 2>/dev/null || continue
+  cat -- "$t" >&2
+  rm -f -- "$t"
+  exit 1
+done
 for id in "$@"; do
   for f in "$d/jobs/$id" "$d/jobs/${id}_"*; do
     [ -e "$f" ] || continue
@@ -312,7 +320,7 @@ class FakeScheduler(Scheduler):
         self._autorun: threading.Thread | None = None
         self._autorun_stop = threading.Event()
         self._autorun_errors: list[BaseException] = []
-        for sub in ("bin", "jobs", "detail", "refusals", "status_errors"):
+        for sub in ("bin", "jobs", "detail", "refusals", "status_errors", "cancel_errors"):
             (self.state_dir / sub).mkdir(parents=True, exist_ok=True)
         (self.state_dir / "next_id").write_text(f"{first_id}\n")
         for name, body in _TOOLS.items():
@@ -640,6 +648,13 @@ class FakeScheduler(Scheduler):
             name = f"{time.time_ns():020d}-{next(self._sequence):06d}"
             _write_atomic(self.state_dir / "status_errors" / name, message + "\n")
 
+    def fail_cancel(self, message: str = "fake-cancel: controller busy", times: int = 1) -> None:
+        """The next ``times`` cancel commands fail (exit 1) with ``message``, cancelling
+        nothing."""
+        for _ in range(times):
+            name = f"{time.time_ns():020d}-{next(self._sequence):06d}"
+            _write_atomic(self.state_dir / "cancel_errors" / name, message + "\n")
+
     # ------------------------------------------------------------------ driving
     @contextlib.contextmanager
     def autorun(self) -> Iterator[None]:
@@ -681,7 +696,7 @@ class FakeScheduler(Scheduler):
         """Undo the scripting and cancel every live job (for teardown)."""
         self.stop_autorun()
         self.limit_jobs(None)
-        for directory in ("refusals", "status_errors"):
+        for directory in ("refusals", "status_errors", "cancel_errors"):
             for path in (self.state_dir / directory).iterdir():
                 path.unlink(missing_ok=True)
         for job_id in self.live_jobs():

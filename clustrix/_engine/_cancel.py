@@ -105,7 +105,8 @@ class Canceller:
         await self.flush()
 
     async def kill(self, future: ClusterFuture[Any]) -> bool:
-        """Stop the job running ``future``'s call (and the other calls of that job)."""
+        """Stop the job running ``future``'s call (and the other calls of that job); False
+        if the scheduler's cancel command failed (the call then ends as it ends)."""
         core = self.core
         call = core.call_of.get(future)
         if call is None:
@@ -116,7 +117,18 @@ class Canceller:
         if task.job_id is None:
             return future.cancel()
         argv = core.scheduler.cancel_argv([task.job_id])
-        await core.run(argv)
+        result = await core.run(argv)
+        if not result.ok:
+            # The job may have ended meanwhile (its result is on its way) or the scheduler
+            # refused: either way it was not stopped, so nothing is failed here.
+            log.warning(
+                "clustrix: kill() of job %s: %s exited %d: %s",
+                task.job_id,
+                argv[0],
+                result.returncode,
+                result.stderr.strip() or result.stdout.strip(),
+            )
+            return False
         error = JobFailedError(task.job_id, "CANCELLED", reason="stopped by kill()")
         for other in task.open_calls():
             core.resolve(other, None, error)

@@ -183,3 +183,20 @@ def test_shutdown_waiting_after_shutdown_without_waiting_returns(
     assert not loop_thread.is_alive()
     waiting.join(timeout=2)  # a hang detector: a working shutdown is done already
     assert not waiting.is_alive(), "shutdown(wait=True) hangs"
+
+
+def test_a_kill_the_scheduler_refuses_leaves_the_call_to_its_own_outcome(
+    make_fake_executor: Make, fake_scheduler: FakeScheduler
+) -> None:
+    ex = make_fake_executor()
+    future = ex.submit(pow, 3, 2)
+    job_ids_known([future])
+    assert future.job_id is not None
+    fake_scheduler.set_state(future.job_id, "RUNNING")
+    wait_until(future.running, "the call to run")
+    fake_scheduler.fail_cancel("fake-cancel: Job/step already completing")
+    assert not future.kill()  # not stopped: no CANCELLED failure invented
+    assert fake_scheduler.calls("cancel") == [[future.job_id]]
+    assert not future.done()
+    fake_scheduler.run(future.job_id)
+    assert future.result(timeout=30) == 9  # its result, not lost
