@@ -155,6 +155,16 @@ def _tool_header(state_dir: Path, name: str) -> str:
         f"line={name}\n"
         'for a in "$@"; do line="$line\t$a"; done\n'
         'printf \'%s\\n\' "$line" >> "$d/calls.log"\n'
+        # A failure scripted in "$d/<dir>/" (one file each, oldest first): its message to
+        # stderr, exit 1. Taken with mv, so concurrent commands never take the same one.
+        "fail_if_scripted() {\n"
+        '  for f in "$d/$1"/*; do\n'
+        '    [ -e "$f" ] || break\n'
+        '    t="$d/$1/.taken.$$"\n'
+        '    mv -f -- "$f" "$t" 2>/dev/null || continue\n'
+        '    cat -- "$t" >&2; rm -f -- "$t"; exit 1\n'
+        "  done\n"
+        "}\n"
     )
 
 
@@ -193,28 +203,14 @@ printf '%s\n' "$base"
 """
 
 _STATUS = r"""
-for f in "$d"/status_errors/*; do
-  [ -e "$f" ] || break
-  t="$d/status_errors/.taken.$$"
-  mv -f -- "$f" "$t" 2>/dev/null || continue
-  cat -- "$t" >&2
-  rm -f -- "$t"
-  exit 1
-done
+fail_if_scripted status_errors
 cat -- "$d"/jobs/* 2>/dev/null
 exit 0
 """
 
 # Cancels live jobs (an array by its base ID too); ended ones stay as they are, as scancel.
 _CANCEL = r"""
-for f in "$d"/cancel_errors/*; do
-  [ -e "$f" ] || break
-  t="$d/cancel_errors/.taken.$$"
-  mv -f -- "$f" "$t" 2>/dev/null || continue
-  cat -- "$t" >&2
-  rm -f -- "$t"
-  exit 1
-done
+fail_if_scripted cancel_errors
 for id in "$@"; do
   for f in "$d/jobs/$id" "$d/jobs/${id}_"*; do
     [ -e "$f" ] || continue
