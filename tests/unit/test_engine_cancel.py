@@ -17,6 +17,16 @@ def job_ids_known(futures: list[ClusterFuture[int]]) -> None:
     wait_until(lambda: all(f.job_id is not None for f in futures), "every job ID")
 
 
+def running_call(ex: ClusterExecutor, scheduler: FakeScheduler, x: int) -> ClusterFuture[int]:
+    """``pow(x, 2)`` submitted, its job RUNNING in the fake scheduler."""
+    future = ex.submit(pow, x, 2)
+    job_ids_known([future])
+    assert future.job_id is not None
+    scheduler.set_state(future.job_id, "RUNNING")
+    wait_until(future.running, "the call to run")
+    return future
+
+
 def test_shutdown_cancelling_futures_cancels_queued_jobs_in_one_command(
     make_fake_executor: Make, fake_scheduler: FakeScheduler
 ) -> None:
@@ -89,12 +99,7 @@ def test_cancelling_one_call_of_a_chunk_keeps_the_job_for_the_others(
 def test_killing_a_running_call_cancels_its_job(
     make_fake_executor: Make, fake_scheduler: FakeScheduler
 ) -> None:
-    ex = make_fake_executor()
-    future = ex.submit(pow, 2, 2)
-    job_ids_known([future])
-    assert future.job_id is not None
-    fake_scheduler.set_state(future.job_id, "RUNNING")
-    wait_until(future.running, "the call to run")
+    future = running_call(make_fake_executor(), fake_scheduler, 2)
     assert not future.cancel()
     assert future.kill()
     error = future.exception(timeout=30)
@@ -188,12 +193,7 @@ def test_shutdown_waiting_after_shutdown_without_waiting_returns(
 def test_a_kill_the_scheduler_refuses_leaves_the_call_to_its_own_outcome(
     make_fake_executor: Make, fake_scheduler: FakeScheduler
 ) -> None:
-    ex = make_fake_executor()
-    future = ex.submit(pow, 3, 2)
-    job_ids_known([future])
-    assert future.job_id is not None
-    fake_scheduler.set_state(future.job_id, "RUNNING")
-    wait_until(future.running, "the call to run")
+    future = running_call(make_fake_executor(), fake_scheduler, 3)
     fake_scheduler.fail_cancel("fake-cancel: Job/step already completing")
     assert not future.kill()  # not stopped: no CANCELLED failure invented
     assert fake_scheduler.calls("cancel") == [[future.job_id]]
