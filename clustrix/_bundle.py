@@ -6,6 +6,11 @@ client's own cloudpickle (so both ends pickle with the same version). Put on ``P
 it makes ``python -m clustrix.worker`` work on a node with nothing but a plain Python, and
 lets the user's own modules ``import clustrix`` there.
 
+Its name comes from the hash of its sources alone (:func:`runtime_filename`, a few
+milliseconds), so that a process whose cluster has the runtime already never builds it; a
+build (compiling every module: a few hundred milliseconds of CPU) is kept in the user's
+private cache (:mod:`clustrix._usercache`), so that the next process reads it instead.
+
 Knows nothing of transports or schedulers: it only produces bytes and their hash.
 """
 
@@ -14,6 +19,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import io
+import logging
 import os
 import py_compile
 import sys
@@ -24,9 +30,17 @@ from pathlib import Path
 
 import cloudpickle
 
+from . import _usercache
+
+log = logging.getLogger("clustrix")
+
 _PACKAGE_DIR = Path(__file__).resolve().parent
 # Fixed timestamp: no build-time data in the zip.
 _EPOCH = (2020, 1, 1, 0, 0, 0)
+#: The user cache's subdirectory of built zips, and how many of them it keeps (one per
+#: clustrix version and Python minor version in use).
+CACHE_NAME = "runtime"
+CACHE_KEEP = 8
 
 
 @dataclass(frozen=True)
@@ -63,21 +77,42 @@ def _compiled(path: Path, name: str) -> bytes:
             return fh.read()
 
 
+def _filename(digest: str) -> str:
+    return f"clustrix-worker-{digest}.zip"
+
+
 @functools.cache
-def worker_bundle() -> Bundle:
-    """Build (once per process) the worker runtime zip."""
-    files: dict[str, bytes] = {}
+def _sources() -> tuple[str, tuple[tuple[str, Path], ...]]:
+    """The hash naming the runtime, and its modules (name in the zip, path here)."""
     # Named by the hash of the sources and the Python minor version, not of the zip: the
     # bytecode (marshal) is not byte-for-byte reproducible across processes, and the same
     # sources must keep the same name so the cluster keeps the upload it has.
     digest = hashlib.sha256(f"python {sys.version_info[0]}.{sys.version_info[1]}".encode())
     cp_dir = Path(cloudpickle.__file__).resolve().parent
+    modules = []
     for package, directory in (("clustrix", _PACKAGE_DIR), ("cloudpickle", cp_dir)):
         for path in sorted(directory.rglob("*.py")):
             name = f"{package}/{path.relative_to(directory).as_posix()}"
-            files[name] = path.read_bytes()
-            digest.update(name.encode() + b"\0" + hashlib.sha256(files[name]).digest())
-            files[name + "c"] = _compiled(path, name)
+            digest.update(name.encode() + b"\0" + hashlib.sha256(path.read_bytes()).digest())
+            modules.append((name, path))
+    return digest.hexdigest()[:16], tuple(modules)
+
+
+def runtime_filename() -> str:
+    """The runtime zip's file name (``runtime/<name>`` on the cluster), without building
+    it: from the hash of its sources."""
+    return _filename(_sources()[0])
+
+
+def _build(modules: tuple[tuple[str, Path], ...]) -> bytes:
+    files: dict[str, bytes] = {}
+    for name, path in modules:
+        files[name] = path.read_bytes()
+        files[name + "c"] = _compiled(path, name)
+    for package, directory in (
+        ("clustrix", _PACKAGE_DIR),
+        ("cloudpickle", Path(cloudpickle.__file__).resolve().parent),
+    ):
         if (directory / "py.typed").exists():
             files[f"{package}/py.typed"] = b""
     buffer = io.BytesIO()
@@ -87,4 +122,36 @@ def worker_bundle() -> Bundle:
             info.compress_type = zipfile.ZIP_DEFLATED
             info.external_attr = 0o644 << 16
             zf.writestr(info, files[name])
-    return Bundle(data=buffer.getvalue(), digest=digest.hexdigest()[:16])
+    return buffer.getvalue()
+
+
+def _prune(directory: Path, keep: str) -> None:
+    """Keep the :data:`CACHE_KEEP` newest zips (``keep`` among them)."""
+    zips = sorted(
+        (p for p in directory.glob(_filename("*")) if p.name != keep),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    for old in zips[CACHE_KEEP - 1 :]:
+        old.unlink(missing_ok=True)
+
+
+@functools.cache
+def worker_bundle() -> Bundle:
+    """The worker runtime zip (once per process): from the user's cache, else built and
+    put there."""
+    digest, modules = _sources()
+    name = _filename(digest)
+    directory = _usercache.cache_dir(CACHE_NAME)
+    if directory is not None:
+        data = _usercache.read_private(directory, name)
+        if data is not None and zipfile.is_zipfile(io.BytesIO(data)):
+            return Bundle(data=data, digest=digest)
+    data = _build(modules)
+    if directory is not None:
+        try:
+            _usercache.write_private(directory, name, data)
+            _prune(directory, keep=name)
+        except OSError as exc:  # a full disk: the next process builds it again
+            log.debug("clustrix: cannot cache the worker runtime in %s: %s", directory, exc)
+    return Bundle(data=data, digest=digest)

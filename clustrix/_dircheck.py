@@ -6,7 +6,12 @@ private, refuses what another user could change.
 source on stdin to the cluster's Python in the executor's first command, which runs it only
 if that Python has this minor version (:data:`BOOTSTRAP`). So it imports nothing but the
 standard library (clustrix is not installed there) and answers on stdout, one
-``CLUSTRIX-<WORD> <json>`` line per fact, ``CLUSTRIX-DIRS-OK`` last.
+``CLUSTRIX-<WORD> <json>`` line per fact, ``CLUSTRIX-DIRS-OK`` last of the checks.
+
+The same command reads the scheduler's facts (the backend's discovery command, started at
+once and run meanwhile, its answer in a ``CLUSTRIX-DISCOVERY`` line), and resolves a work
+directory given as ``~/...`` or relative against the home directory: one round trip for all
+of it.
 
 The rules (docs/security.md says why):
 
@@ -28,6 +33,7 @@ import contextlib
 import json
 import os
 import stat
+import subprocess
 import sys
 
 __all__ = ["BOOTSTRAP", "KEY_FILE", "SUBDIRS", "main"]
@@ -215,9 +221,55 @@ def _say(word: str, **fields: object) -> None:
     print(f"CLUSTRIX-{word} {json.dumps(fields)}")
 
 
+def absolute(path: str) -> str:
+    """``path`` with ``~`` and a relative path resolved against the home directory (the
+    login directory, physical, as the SFTP server's ``realpath .`` gives it)."""
+    home = os.path.realpath(os.path.expanduser("~"))
+    if path == "~" or path.startswith("~/"):
+        path = home + path[1:]
+    return os.path.normpath(os.path.join(home, path))
+
+
+def _start(argv: list[str]) -> subprocess.Popen[bytes] | None:
+    if not argv:
+        return None
+    return subprocess.Popen(
+        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+
+
+def _report(probe: subprocess.Popen[bytes] | None) -> None:
+    """The discovery command's answer, as ``CLUSTRIX-DISCOVERY {"rc", "out", "err"}``."""
+    if probe is None:
+        return
+    out, err = probe.communicate()
+    _say(
+        "DISCOVERY",
+        rc=probe.returncode,
+        out=out.decode("utf-8", "replace"),
+        err=err.decode("utf-8", "replace"),
+    )
+
+
 def main(argv: list[str]) -> int:
-    """``argv``: the work directory (absolute), the worker runtime's path."""
-    work_dir, worker_path = argv[0], argv[1]
+    """``argv``: the work directory, the worker runtime's path below it ("": none), then
+    the scheduler's discovery command (none: no discovery)."""
+    work_dir = absolute(argv[0])
+    try:
+        probe = _start(argv[2:])
+    except OSError as exc:  # e.g. no sh: the facts say so
+        probe = None
+        _say("DISCOVERY", rc=127, out="", err=str(exc))
+    try:
+        return _check(work_dir, os.path.join(work_dir, argv[1]) if argv[1] else "")
+    finally:
+        sys.stdout.flush()
+        _report(probe)
+        sys.stdout.flush()
+
+
+def _check(work_dir: str, worker_path: str) -> int:
+    _say("WORKDIR", path=work_dir)
     uid = os.geteuid()
     os.umask(0o077)
     to_create: list[str] = []
@@ -264,7 +316,7 @@ def main(argv: list[str]) -> int:
         return EXIT_CANNOT
     print(f"CLUSTRIX-KEY {key}")
     try:
-        runtime = os.lstat(worker_path)
+        runtime = os.lstat(worker_path) if worker_path else None
     except OSError:
         runtime = None
     if _mine_and_unwritable(runtime, uid):  # else it is uploaded again

@@ -23,6 +23,7 @@ import sys
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from . import _dircheck
@@ -32,7 +33,7 @@ from .packaging import READY_MARKER, EnvironmentPlan, env_build_script
 from .schedulers.base import setup_lines
 from .transports.base import CommandResult, Transport
 
-__all__ = ["RemoteEnvironment"]
+__all__ = ["Layout", "RemoteEnvironment"]
 
 log = logging.getLogger("clustrix")
 
@@ -45,9 +46,28 @@ _MIN_REDACTED = 4
 _FIX = "e.g. $SCRATCH/$USER/clustrix (clustrix creates it, mode 0700)"
 
 
+#: ``sh -c UPLOAD_RUNTIME clustrix-runtime <path>``: the worker runtime zip from stdin to
+#: ``<path>``, atomically (a temporary name beside it, then rename), private (umask 077).
+UPLOAD_RUNTIME = (
+    'umask 077; tmp="$1.$$.tmp"; '
+    'if cat > "$tmp" && mv -f "$tmp" "$1"; then exit 0; fi; rm -f "$tmp"; exit 1'
+)
+
+
 @functools.cache
 def _dircheck_source() -> bytes:
     return inspect.getsource(_dircheck).encode()
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What the first command found: the work directory (absolute), whether the worker
+    runtime is there, and the scheduler's discovery answer (exit status, stdout, stderr;
+    None if none was asked for)."""
+
+    work_dir: str
+    runtime_ok: bool
+    discovery: tuple[int, str, str] | None = None
 
 
 class RemoteEnvironment:
@@ -63,8 +83,11 @@ class RemoteEnvironment:
         python: str,
         build_environment: bool,
         work_dir: str,
-        worker_path: str,
+        runtime_name: str = "",
     ) -> None:
+        """``work_dir``: ``remote_work_dir``, absolute or not yet (``~/...``: the cluster
+        resolves it in :meth:`check_python_and_layout`); ``runtime_name``: the worker
+        runtime's file name in ``<work dir>/runtime`` ("": none is needed)."""
         self.config = config
         self.transport = transport
         self._run = run
@@ -72,7 +95,8 @@ class RemoteEnvironment:
         self.python = python
         self.build_environment = build_environment
         self.work_dir = work_dir
-        self.worker_path = worker_path
+        self.runtime_name = runtime_name
+        self.worker_path = f"{work_dir}/runtime/{runtime_name}" if runtime_name else ""
         self._setup: Sequence[str] = setup_lines(config.module_loads, config.environment_variables)
         # (code hash, env hash) -> its preparation: concurrent submissions wait for one
         self._prepared: dict[tuple[str, str], asyncio.Future[tuple[str, str | None]]] = {}
@@ -81,14 +105,17 @@ class RemoteEnvironment:
         #: of the values of environment_variables that went into them.
         self._key = b""
 
-    async def check_python_and_layout(self) -> bool:
+    async def check_python_and_layout(self, discovery: Sequence[str] | None = None) -> Layout:
         """One round trip: check the Python on the cluster (same minor version as here:
         pickled code depends on it); then check and create the work directories, read the
-        work directory's key, and tell whether the worker runtime is already there
-        (returned). Nothing is written into a directory that is refused."""
+        work directory's key, and tell whether the worker runtime is already there; run the
+        scheduler's ``discovery`` command meanwhile. Nothing is written into a directory
+        that is refused. Sets :attr:`work_dir` and :attr:`worker_path` (absolute)."""
         q = shlex.quote
         here = f"{sys.version_info.major}.{sys.version_info.minor}"
-        argv = [self.python, "-c", _dircheck.BOOTSTRAP, here, self.work_dir, self.worker_path]
+        runtime = f"runtime/{self.runtime_name}" if self.runtime_name else ""
+        argv = [self.python, "-c", _dircheck.BOOTSTRAP, here, self.work_dir, runtime]
+        argv += discovery or []
         result = await self._run(
             ["sh", "-c", " ".join(map(q, argv)) + " 2>&1"],
             counts_as="setup",
@@ -133,7 +160,29 @@ class RemoteEnvironment:
                 f"{made_private['mode'] & 0o7777:04o}",
             )
         self._key = bytes.fromhex(facts["KEY"])
-        return "RUNTIME-OK" in facts
+        self.work_dir = facts["WORKDIR"]["path"]
+        self.worker_path = f"{self.work_dir}/{runtime}" if runtime else ""
+        answer = facts.get("DISCOVERY")
+        return Layout(
+            work_dir=self.work_dir,
+            runtime_ok="RUNTIME-OK" in facts,
+            discovery=(answer["rc"], answer["out"], answer["err"]) if answer else None,
+        )
+
+    async def upload_runtime(self, data: bytes) -> None:
+        """Put the worker runtime zip at :attr:`worker_path`: one command, the zip on its
+        stdin (SFTP would take a round trip per step: session, open, write, close,
+        rename)."""
+        result = await self._run(
+            ["sh", "-c", UPLOAD_RUNTIME, "clustrix-runtime", self.worker_path], stdin=data
+        )
+        if not result.ok:
+            raise TransportError(
+                f"cannot write the worker runtime {self.worker_path} on "
+                f"{self.transport.location} (exit status {result.returncode}): "
+                f"{result.stderr.strip()[-500:]}"
+            )
+        self.stats["packaging.runtime_uploads"] += 1
 
     def _unsafe_message(self, fact: dict[str, Any]) -> str:
         """Why the work directory is refused, naming the directory, owner, mode and fix."""

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import posixpath
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from .._bundle import worker_bundle
+from .._bundle import runtime_filename, worker_bundle
 from .._loop import LoopThread
 from .._remote_env import RemoteEnvironment
 from ..config import ClusterConfig, Resources
@@ -99,14 +100,18 @@ class Engine:
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
-        """Connect, prepare the work directory and worker runtime, read cluster facts."""
+        """Connect, then ONE command (:meth:`RemoteEnvironment.check_python_and_layout`):
+        the Python, the work directory, whether the worker runtime is there, and the
+        scheduler's facts; the runtime is built (or read from the user's cache) and
+        uploaded (one more command) only when the cluster lacks it."""
         core = self._core
         core.start()
         await self.transport.connect()
-        core.work_dir = await self.transport.expand(self.config.remote_work_dir)
-        core.jobs_root = f"{core.work_dir}/jobs"
-        bundle = worker_bundle()
-        core.worker_path = f"{core.work_dir}/runtime/{bundle.filename}"
+        work_dir = self.config.remote_work_dir
+        if posixpath.isabs(work_dir) or not self.transport.round_trips_are_costly:
+            work_dir = await self.transport.expand(work_dir)  # no round trip here
+        # else the first command resolves "~" on the cluster: asking the transport would
+        # cost an SFTP session and a realpath first (four round trips)
         self.environment = RemoteEnvironment(
             self.config,
             self.transport,
@@ -114,13 +119,21 @@ class Engine:
             core.stats,
             python=self.python,
             build_environment=self.build_environment,
-            work_dir=core.work_dir,
-            worker_path=core.worker_path,
+            work_dir=work_dir,
+            runtime_name=runtime_filename(),
         )
-        if not await self.environment.check_python_and_layout():
-            await self.transport.write_bytes(core.worker_path, bundle.data, mode=0o644)
+        discovery = self.scheduler.discovery_argv()
+        layout = await self.environment.check_python_and_layout(discovery)
+        core.work_dir = layout.work_dir
+        core.jobs_root = f"{core.work_dir}/jobs"
+        core.worker_path = self.environment.worker_path
         self.scheduler.attach(work_dir=core.work_dir, jobs_root=core.jobs_root)
-        await self.scheduler.discover(core.run_scheduler_command)
+        if layout.discovery is not None:
+            self.scheduler.read_discovery_answer(*layout.discovery)
+        else:  # a backend without a one-command discovery (or none at all)
+            await self.scheduler.discover(core.run_scheduler_command)
+        if not layout.runtime_ok:
+            await self.environment.upload_runtime(worker_bundle().data)
         if core.max_workers is None:  # a backend without a queue caps how many run at once
             core.max_workers = self.scheduler.default_max_workers()
         self._submitter = Submitter(

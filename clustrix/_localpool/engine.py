@@ -127,7 +127,6 @@ class LocalPoolEngine:
             python=self.python,
             build_environment=False,
             work_dir=self._work_dir,
-            worker_path=self.worker_path,
         )
         await environment.check_python_and_layout()
         pool_dir = f"{self._work_dir}/jobs/pool-{uuid.uuid4().hex}"

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from .._bundle import worker_bundle
+from .._bundle import runtime_filename
 from .._factory import make_scheduler, make_transport
 from .._remote_env import RemoteEnvironment
 from ..config import ClusterConfig
@@ -217,11 +217,10 @@ async def _python_and_work_dir(
     python = default_python(config)
     here = f"{sys.version_info.major}.{sys.version_info.minor}"
     work_dir = await transport.expand(config.remote_work_dir)
-    worker = f"{work_dir}/runtime/{worker_bundle().filename}"
     facts.update(python=python, work_dir=work_dir)
     env = RemoteEnvironment(
         config, transport, run, Counter(), python=python, build_environment=False,
-        work_dir=work_dir, worker_path=worker,
+        work_dir=work_dir, runtime_name=runtime_filename(),
     )  # fmt: skip
     python_fix = (
         f"set python_executable to a Python {here} on the cluster (a full path, or load it "
@@ -229,7 +228,7 @@ async def _python_and_work_dir(
     )
     with _captured_warnings() as made_private:
         try:
-            facts["runtime_uploaded"] = await env.check_python_and_layout()
+            facts["runtime_uploaded"] = (await env.check_python_and_layout()).runtime_ok
         except PackagingError as exc:
             return [
                 Check("python", "failed", str(exc), python_fix),

@@ -2,7 +2,10 @@
 
 A backend is small and mostly pure. It never runs anything itself (the executor's engine runs
 the argv it builds through a transport) and never knows which transport that is; the one
-exception is :meth:`Scheduler.discover`, which reads a few facts about the cluster once.
+exception is :meth:`Scheduler.discover`, which reads a few facts about the cluster once
+(a backend whose discovery is one command says which, :meth:`Scheduler.discovery_argv`, and
+reads its answer, :meth:`Scheduler.read_discovery_answer`: the engine then runs it inside
+its first command, one round trip less).
 """
 
 from __future__ import annotations
@@ -177,7 +180,22 @@ class Scheduler(ABC):
         return None
 
     async def discover(self, run: RunCommand) -> None:
-        """Read facts about the cluster once (array size limit, accounting). Default: none."""
+        """Read facts about the cluster once (array size limit, accounting). Default: run
+        :meth:`discovery_argv` (if any) and give its answer to
+        :meth:`read_discovery_answer`."""
+        argv = self.discovery_argv()
+        if argv is not None:
+            self.read_discovery_answer(*await run(argv))
+
+    def discovery_argv(self) -> list[str] | None:
+        """The one command that reads the facts :meth:`discover` wants, for the engine to
+        run within its first command on the cluster (started before :meth:`attach`: it must
+        not depend on it). None: no facts, or a :meth:`discover` of several steps."""
+        return None
+
+    def read_discovery_answer(self, returncode: int, stdout: str, stderr: str) -> None:
+        """Take the facts from :meth:`discovery_argv`'s answer (may raise
+        :class:`~clustrix.errors.ConfigError` for a cluster the backend cannot use)."""
         return None
 
     def default_max_workers(self) -> int | None:

@@ -32,7 +32,7 @@ from ..config import ClusterConfig, Resources
 from ..errors import ConfigError
 from ..lifecycle import JobState
 from ._direct_sh import CANCEL, CLAIM_GPUS, DISCOVER, LAUNCHER, RELEASE_GPUS, START_OF, STATUS
-from .base import JobSpec, RunCommand, Scheduler, TaskStatus, render_body
+from .base import JobSpec, Scheduler, TaskStatus, render_body
 
 __all__ = ["DIRECT_STATES", "KILL_GRACE_S", "DirectScheduler", "gpu_pool", "parse_job_id"]
 
@@ -120,10 +120,13 @@ class DirectScheduler(Scheduler):
         self.jobs_root = jobs_root
         self.gpu_dir = f"{work_dir}/gpus"
 
-    async def discover(self, run: RunCommand) -> None:
+    def discovery_argv(self) -> list[str]:
         """CPU count, GPUs, and whether the host can run jobs at all (one command)."""
-        _, out, err = await run(["sh", "-c", DISCOVER, "clustrix-discover"])
-        self.read_facts(out, err)
+        return ["sh", "-c", DISCOVER, "clustrix-discover"]
+
+    def read_discovery_answer(self, returncode: int, stdout: str, stderr: str) -> None:
+        """:meth:`read_facts` of the answer."""
+        self.read_facts(stdout, stderr)
 
     def read_facts(self, out: str, err: str = "") -> None:
         """Take the facts of :data:`DISCOVER`'s output; refuse a host jobs cannot run on."""

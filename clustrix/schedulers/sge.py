@@ -2,8 +2,9 @@
 ``#$`` directives, task arrays, ``qstat -xml`` and ``qacct`` parsing, ``qdel``.
 
 Pure text in, text out (the formats are pinned by outputs captured from Debian 12's
-gridengine 8.1.9 under ``tests/data/sge/``); :meth:`SgeScheduler.discover` finds Grid Engine
-on the host (also where the login shell does not set ``SGE_ROOT``) and reads its limits once.
+gridengine 8.1.9 under ``tests/data/sge/``); :meth:`SgeScheduler.discovery_argv` finds Grid
+Engine on the host (also where the login shell does not set ``SGE_ROOT``) and reads its
+limits once.
 The shell scripts it builds live in :mod:`._sge_sh`. It never knows whether its commands run
 locally or over SSH.
 
@@ -24,7 +25,7 @@ from ..errors import ConfigError
 from ..lifecycle import JobState
 from . import _sge_sh as sh
 from ._sge_parse import expand_tasks, job_ranges, parse_qacct, parse_qstat_xml
-from .base import JobSpec, RunCommand, Scheduler, TaskStatus, render_body
+from .base import JobSpec, Scheduler, TaskStatus, render_body
 
 __all__ = [
     "QACCT_FAILED",
@@ -168,14 +169,16 @@ class SgeScheduler(Scheduler):
         return _Q
 
     # ------------------------------------------------------------------ discovery
-    async def discover(self, run: RunCommand) -> None:
+    def discovery_argv(self) -> list[str]:
         """Find Grid Engine (the login shell's PATH, else ``SGE_ROOT`` or common install
         roots), then read max_aj_tasks, the accounting flush delay, the parallel
         environments and the queues' slots, in one command."""
-        argv = ["sh", "-c", sh.DISCOVER, "clustrix-sge-discover"]
-        argv += [self.hint.get("SGE_ROOT", ""), self.hint.get("SGE_CELL", ""), sh.ROOTS]
-        _, out, err = await run(argv)
-        self.read_discovery(out + err)
+        hint = [self.hint.get("SGE_ROOT", ""), self.hint.get("SGE_CELL", "")]
+        return ["sh", "-c", sh.DISCOVER, "clustrix-sge-discover", *hint, sh.ROOTS]
+
+    def read_discovery_answer(self, returncode: int, stdout: str, stderr: str) -> None:
+        """:meth:`read_discovery` of both streams."""
+        self.read_discovery(stdout + stderr)
 
     def read_discovery(self, text: str) -> None:
         """Take what :data:`._sge_sh.DISCOVER` printed; a clear error if it found nothing."""

@@ -1,7 +1,8 @@
 """The SLURM backend: sbatch scripts, job arrays, squeue/sacct/scontrol parsing.
 
 Pure text in, text out (the formats are pinned by outputs captured from a real SLURM 22.05
-under ``tests/data/slurm/``); :meth:`SlurmScheduler.discover` reads the cluster's limits once.
+under ``tests/data/slurm/``); :meth:`SlurmScheduler.discovery_argv` reads the cluster's limits
+once.
 It never knows whether its commands run locally or over SSH.
 """
 
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 from .. import _wire
 from ..config import ClusterConfig, Resources
 from ..lifecycle import JobState
-from .base import JobSpec, RunCommand, Scheduler, TaskStatus, render_body
+from .base import JobSpec, Scheduler, TaskStatus, render_body
 
 __all__ = [
     "ENDED_STATES",
@@ -124,11 +125,13 @@ class SlurmScheduler(Scheduler):
         return cls(use_sacct=config.slurm_use_sacct)
 
     # ------------------------------------------------------------------ discovery
-    async def discover(self, run: RunCommand) -> None:
-        """Read MaxArraySize, whether accounting runs, and partition sizes (one command)."""
-        script = f"scontrol show config; echo {_SEP}; scontrol -o show partition"
-        _, out, _ = await run(["sh", "-c", script])
-        config_text, _, partitions_text = out.partition(_SEP)
+    def discovery_argv(self) -> list[str]:
+        """MaxArraySize, whether accounting runs, and partition sizes (one command)."""
+        return ["sh", "-c", f"scontrol show config; echo {_SEP}; scontrol -o show partition"]
+
+    def read_discovery_answer(self, returncode: int, stdout: str, stderr: str) -> None:
+        """Take the config and partitions from :meth:`discovery_argv`'s output."""
+        config_text, _, partitions_text = stdout.partition(_SEP)
         self.read_config(config_text)
         self.read_partitions(partitions_text)
 
