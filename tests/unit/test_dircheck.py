@@ -84,3 +84,29 @@ def test_environment_names_are_keyed() -> None:
     keyed = [plan.env_hash("python3", setup, key=k) for k in (b"k" * 32, b"j" * 32)]
     assert len({plain, *keyed}) == 3  # no key, no guess of the value to test
     assert keyed[0] == plan.env_hash("python3", setup, key=b"k" * 32)
+
+
+def test_the_discovery_command_runs_meanwhile_and_home_is_resolved(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    discovery = ["sh", "-c", 'echo "one $1"; echo two >&2; exit 5', "label", "a b"]
+    argv = [sys.executable, "-c", _dircheck.BOOTSTRAP, HERE, "~/w", "runtime/rt.zip", *discovery]
+    env = {**os.environ, "HOME": str(home)}
+    result = subprocess.run(argv, input=SOURCE, capture_output=True, timeout=60, env=env)
+    assert result.returncode == 0, result.stderr
+    facts = _facts(result.stdout.decode())
+    work = os.path.realpath(home) + "/w"
+    assert facts["WORKDIR"] == {"path": work} and "DIRS-OK" in facts
+    assert facts["DISCOVERY"] == {"rc": 5, "out": "one a b\n", "err": "two\n"}
+    assert mode(Path(work)) == 0o700 and "RUNTIME-OK" not in facts
+
+
+def test_the_discovery_answer_comes_also_when_the_work_dir_is_refused(tmp_path: Path) -> None:
+    work = tmp_path / "shared"
+    work.mkdir(mode=0o777)
+    work.chmod(0o777)
+    argv = [sys.executable, "-c", _dircheck.BOOTSTRAP, HERE, str(work), "", "echo", "hi"]
+    result = subprocess.run(argv, input=SOURCE, capture_output=True, timeout=60)
+    facts = _facts(result.stdout.decode())
+    assert result.returncode == _dircheck.EXIT_UNSAFE and "UNSAFE" in facts
+    assert facts["DISCOVERY"]["out"] == "hi\n"

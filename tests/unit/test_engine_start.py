@@ -1,0 +1,130 @@
+"""Start-up against the fakes: how many commands a cold start costs (issue 16), the worker
+runtime built and uploaded only when the cluster lacks it, the scheduler's discovery inside
+the first command, ``~`` resolved by the cluster (see ``tests/fakes.py``)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from fakes import FakeScheduler, FakeTransport, fake_config, shut_down
+
+from clustrix import ClusterExecutor
+from clustrix._bundle import Bundle, runtime_filename, worker_bundle
+from clustrix._engine import engine as engine_module
+from clustrix.schedulers.base import RunCommand
+
+Make = Callable[..., ClusterExecutor]
+
+
+def runtime_zip(tmp_path: Path) -> Path:
+    return tmp_path / "work" / "runtime" / runtime_filename()
+
+
+def test_a_cold_start_is_one_command_when_the_runtime_is_there(
+    make_fake_executor: Make,
+    fake_transport: FakeTransport,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    make_fake_executor().shutdown()  # the first one uploads the runtime
+    assert runtime_zip(tmp_path).is_file()
+
+    def no_build() -> Bundle:
+        raise AssertionError("the runtime was built although the cluster has it")
+
+    monkeypatch.setattr(engine_module, "worker_bundle", no_build)
+    since = len(fake_transport.history)
+    ex = make_fake_executor()
+    ops = [op for op in fake_transport.history[since:] if op.op not in ("connect", "close")]
+    assert [op.op for op in ops] == ["run"]  # the check, nothing else, no file operation
+    assert ex.stats()["commands.setup"] == 1
+    assert sum(v for k, v in ex.stats().items() if k.startswith("commands.")) == 1
+
+
+def test_a_missing_runtime_costs_one_more_command_with_the_zip_on_stdin(
+    make_fake_executor: Make, fake_transport: FakeTransport, tmp_path: Path
+) -> None:
+    ex = make_fake_executor()
+    ops = [op for op in fake_transport.history if op.op not in ("connect", "close")]
+    assert [op.op for op in ops] == ["run", "run"]  # check, upload: no SFTP
+    upload = ops[1]
+    assert "clustrix-runtime" in upload.target and upload.stdin == worker_bundle().data
+    path = runtime_zip(tmp_path)
+    assert path.read_bytes() == worker_bundle().data and zipfile.is_zipfile(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600  # private
+    assert ex.stats()["packaging.runtime_uploads"] == 1
+    assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+class Discovering(FakeScheduler):
+    """A fake whose discovery is one command, run within the start-up check."""
+
+    answers: list[tuple[int, str, str]]
+
+    def discovery_argv(self) -> list[str]:
+        return ["sh", "-c", 'echo "cpus $((2 + 2))"; echo warn >&2; exit 3']
+
+    def read_discovery_answer(self, returncode: int, stdout: str, stderr: str) -> None:
+        self.answers = [*getattr(self, "answers", []), (returncode, stdout, stderr)]
+
+
+class DiscoveringInSteps(FakeScheduler):
+    """A backend with its own discover() of commands: still run, after the check."""
+
+    async def discover(self, run: RunCommand) -> None:
+        self.found = [await run(["sh", "-c", "echo step-1"]), await run(["true"])]
+
+
+def build(tmp_path: Path, scheduler: FakeScheduler, transport: FakeTransport) -> ClusterExecutor:
+    return ClusterExecutor(fake_config(tmp_path), scheduler=scheduler, transport=transport)
+
+
+def test_the_scheduler_discovery_runs_inside_the_check_command(tmp_path: Path) -> None:
+    scheduler, transport = Discovering(tmp_path / "scheduler"), FakeTransport()
+    ex = build(tmp_path, scheduler, transport)
+    try:
+        assert scheduler.answers == [(3, "cpus 4\n", "warn\n")]
+        commands = transport.commands()
+        assert len(commands) == 2  # the check (with the discovery) and the runtime upload
+        assert "cpus" in commands[0].target
+    finally:
+        shut_down(ex, scheduler, transport)
+
+
+def test_a_discover_of_its_own_still_runs(tmp_path: Path) -> None:
+    scheduler, transport = DiscoveringInSteps(tmp_path / "scheduler"), FakeTransport()
+    ex = build(tmp_path, scheduler, transport)
+    try:
+        assert [answer[1] for answer in scheduler.found] == ["step-1\n", ""]
+        assert len(transport.commands()) == 4  # check, its two commands, upload
+    finally:
+        shut_down(ex, scheduler, transport)
+
+
+def test_a_home_relative_work_dir_is_resolved_by_the_cluster(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))  # the "cluster" is a subprocess of this one
+    scheduler, transport = FakeScheduler(tmp_path / "scheduler"), FakeTransport()
+    ex = ClusterExecutor(
+        fake_config(tmp_path, remote_work_dir="~/deep/work"),
+        scheduler=scheduler,
+        transport=transport,
+    )
+    try:
+        work = os.path.realpath(home) + "/deep/work"
+        assert ex._engine.work_dir == work
+        assert stat.S_IMODE(os.stat(work).st_mode) == 0o700
+        assert os.path.isfile(f"{work}/runtime/{runtime_filename()}")
+        assert ex.submit(pow, 2, 3) is not None
+        (submission,) = scheduler.wait_submissions(1)
+        assert submission.job_dir.startswith(f"{work}/jobs/")
+    finally:
+        shut_down(ex, scheduler, transport)
