@@ -136,19 +136,30 @@ def _prune(directory: Path, keep: str) -> None:
         old.unlink(missing_ok=True)
 
 
+def cached_bundle() -> Bundle | None:
+    """The worker runtime zip if the user's cache has it (a file read, no build)."""
+    digest, _ = _sources()
+    directory = _usercache.cache_dir(CACHE_NAME)
+    if directory is None:
+        return None
+    data = _usercache.read_private(directory, _filename(digest))
+    if data is None or not zipfile.is_zipfile(io.BytesIO(data)):
+        return None
+    return Bundle(data=data, digest=digest)
+
+
 @functools.cache
 def worker_bundle() -> Bundle:
     """The worker runtime zip (once per process): from the user's cache, else built and
     put there."""
+    cached = cached_bundle()
+    if cached is not None:
+        return cached
     digest, modules = _sources()
-    name = _filename(digest)
+    data = _build(modules)
     directory = _usercache.cache_dir(CACHE_NAME)
     if directory is not None:
-        data = _usercache.read_private(directory, name)
-        if data is not None and zipfile.is_zipfile(io.BytesIO(data)):
-            return Bundle(data=data, digest=digest)
-    data = _build(modules)
-    if directory is not None:
+        name = _filename(digest)
         try:
             _usercache.write_private(directory, name, data)
             _prune(directory, keep=name)

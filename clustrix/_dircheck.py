@@ -43,16 +43,19 @@ SUBDIRS = ("jobs", "runtime", "code", "envs")
 #: The work directory's secret key (hex), 0600: names environments without revealing
 #: what went into their hash (see RemoteEnvironment).
 KEY_FILE = "envs/.hash-key"
-#: ``python -c`` program: prints the version, then runs the source on stdin when the minor
-#: version is ``argv[1]``. Python 2 must parse it too, to say which version it is.
+#: ``python -c`` program: prints the version, then, when the minor version is ``argv[1]``,
+#: runs the source that makes up the first ``argv[2]`` bytes of stdin (the rest of stdin:
+#: the worker runtime zip, when the client sends it along). Python 2 must parse it too, to
+#: say which version it is.
 BOOTSTRAP = (
     "import sys\n"
     'v = "%d.%d" % sys.version_info[:2]\n'
     'print("CLUSTRIX-PY " + v)\n'
     "sys.stdout.flush()\n"
     "if v == sys.argv[1]:\n"
-    '    exec(compile(sys.stdin.read(), "clustrix-dircheck", "exec"))\n'
-    "    sys.exit(main(sys.argv[2:]))\n"
+    "    source = sys.stdin.buffer.read(int(sys.argv[2]))\n"
+    '    exec(compile(source, "clustrix-dircheck", "exec"))\n'
+    "    sys.exit(main(sys.argv[3:]))\n"
 )
 #: Exit statuses: a directory could not be created or read; a directory is not safe.
 EXIT_CANNOT, EXIT_UNSAFE = 3, 4
@@ -253,7 +256,8 @@ def _report(probe: subprocess.Popen[bytes] | None) -> None:
 
 def main(argv: list[str]) -> int:
     """``argv``: the work directory, the worker runtime's path below it ("": none), then
-    the scheduler's discovery command (none: no discovery)."""
+    the scheduler's discovery command (none: no discovery). What is left on stdin, if
+    anything, is the worker runtime zip: written there if it is missing."""
     work_dir = absolute(argv[0])
     try:
         probe = _start(argv[2:])
@@ -263,9 +267,27 @@ def main(argv: list[str]) -> int:
     try:
         return _check(work_dir, os.path.join(work_dir, argv[1]) if argv[1] else "")
     finally:
+        sys.stdin.buffer.read()  # what was not needed: the client's write completes
         sys.stdout.flush()
         _report(probe)
         sys.stdout.flush()
+
+
+def _put(path: str, data: bytes) -> bool:
+    """Write ``data`` at ``path`` atomically, private; False (said why) if it failed."""
+    tmp = f"{path}.{binascii.hexlify(os.urandom(6)).decode()}.tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.rename(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        _say("RUNTIME-FAILED", path=path, error=exc.strerror or str(exc))
+        return False
+    print("CLUSTRIX-RUNTIME-WRITTEN")
+    return True
 
 
 def _check(work_dir: str, worker_path: str) -> int:
@@ -319,7 +341,11 @@ def _check(work_dir: str, worker_path: str) -> int:
         runtime = os.lstat(worker_path) if worker_path else None
     except OSError:
         runtime = None
-    if _mine_and_unwritable(runtime, uid):  # else it is uploaded again
+    runtime_ok = _mine_and_unwritable(runtime, uid)  # else it is uploaded again
+    if not runtime_ok and worker_path:
+        data = sys.stdin.buffer.read()
+        runtime_ok = bool(data) and _put(worker_path, data)
+    if runtime_ok:
         print("CLUSTRIX-RUNTIME-OK")
     print("CLUSTRIX-DIRS-OK")
     sys.stdout.flush()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 import inspect
 import json
 import logging
@@ -26,14 +27,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from . import _dircheck
+from . import _dircheck, _usercache
 from .config import ClusterConfig
 from .errors import ConfigError, PackagingError, TransportError
 from .packaging import READY_MARKER, EnvironmentPlan, env_build_script
 from .schedulers.base import setup_lines
 from .transports.base import CommandResult, Transport
 
-__all__ = ["Layout", "RemoteEnvironment"]
+__all__ = ["Layout", "RemoteEnvironment", "remember_runtime", "runtime_known"]
 
 log = logging.getLogger("clustrix")
 
@@ -57,6 +58,41 @@ UPLOAD_RUNTIME = (
 @functools.cache
 def _dircheck_source() -> bytes:
     return inspect.getsource(_dircheck).encode()
+
+
+#: The user cache's record of the (cluster, work dir, runtime) seen with the runtime there.
+SEEN_CACHE = "seen"
+#: The same, for this process (no file read for the second executor).
+_seen_here: set[str] = set()
+
+
+def _seen_key(location: str, work_dir: str, runtime_name: str) -> str:
+    return hashlib.sha256(f"{location}\0{work_dir}\0{runtime_name}".encode()).hexdigest()[:32]
+
+
+def runtime_known(location: str, work_dir: str, runtime_name: str) -> bool:
+    """True if the cluster at ``location`` had this runtime in ``work_dir`` (as the config
+    gives it) when this user last looked, from this process or an earlier one. Only a
+    guess (what decides whether to send the runtime along): the cluster checks."""
+    key = _seen_key(location, work_dir, runtime_name)
+    if key in _seen_here:
+        return True
+    directory = _usercache.cache_dir(SEEN_CACHE)
+    return directory is not None and (directory / key).is_file()
+
+
+def remember_runtime(location: str, work_dir: str, runtime_name: str) -> None:
+    """Note that the cluster has the runtime (see :func:`runtime_known`)."""
+    key = _seen_key(location, work_dir, runtime_name)
+    if key in _seen_here:
+        return
+    _seen_here.add(key)
+    directory = _usercache.cache_dir(SEEN_CACHE)
+    if directory is not None:
+        try:
+            _usercache.write_private(directory, key, b"")
+        except OSError as exc:  # only a guess is lost
+            log.debug("clustrix: cannot note the runtime in %s: %s", directory, exc)
 
 
 @dataclass(frozen=True)
@@ -105,21 +141,25 @@ class RemoteEnvironment:
         #: of the values of environment_variables that went into them.
         self._key = b""
 
-    async def check_python_and_layout(self, discovery: Sequence[str] | None = None) -> Layout:
+    async def check_python_and_layout(
+        self, discovery: Sequence[str] | None = None, runtime_zip: bytes | None = None
+    ) -> Layout:
         """One round trip: check the Python on the cluster (same minor version as here:
         pickled code depends on it); then check and create the work directories, read the
-        work directory's key, and tell whether the worker runtime is already there; run the
+        work directory's key, and tell whether the worker runtime is already there (or
+        put ``runtime_zip`` there, sent along on stdin, if it is missing); run the
         scheduler's ``discovery`` command meanwhile. Nothing is written into a directory
         that is refused. Sets :attr:`work_dir` and :attr:`worker_path` (absolute)."""
         q = shlex.quote
         here = f"{sys.version_info.major}.{sys.version_info.minor}"
         runtime = f"runtime/{self.runtime_name}" if self.runtime_name else ""
-        argv = [self.python, "-c", _dircheck.BOOTSTRAP, here, self.work_dir, runtime]
-        argv += discovery or []
+        source = _dircheck_source()
+        argv = [self.python, "-c", _dircheck.BOOTSTRAP, here, str(len(source))]
+        argv += [self.work_dir, runtime, *(discovery or [])]
         result = await self._run(
             ["sh", "-c", " ".join(map(q, argv)) + " 2>&1"],
             counts_as="setup",
-            stdin=_dircheck_source(),
+            stdin=source + (runtime_zip or b""),
         )
         where = self.transport.location
         found = re.search(r"^CLUSTRIX-PY (\d+\.\d+)$", result.stdout, re.MULTILINE)
@@ -160,6 +200,10 @@ class RemoteEnvironment:
                 f"{made_private['mode'] & 0o7777:04o}",
             )
         self._key = bytes.fromhex(facts["KEY"])
+        if "RUNTIME-WRITTEN" in facts:
+            self.stats["packaging.runtime_uploads"] += 1
+        if "RUNTIME-FAILED" in facts:  # the upload command says why, if it fails too
+            log.info("clustrix: writing the worker runtime failed: %s", facts["RUNTIME-FAILED"])
         self.work_dir = facts["WORKDIR"]["path"]
         self.worker_path = f"{self.work_dir}/{runtime}" if runtime else ""
         answer = facts.get("DISCOVERY")

@@ -25,9 +25,9 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from .._bundle import runtime_filename, worker_bundle
+from .._bundle import cached_bundle, runtime_filename, worker_bundle
 from .._loop import LoopThread
-from .._remote_env import RemoteEnvironment
+from .._remote_env import RemoteEnvironment, remember_runtime, runtime_known
 from ..config import ClusterConfig, Resources
 from ..future import ClusterFuture
 from ..registry import JobRegistry
@@ -102,8 +102,9 @@ class Engine:
     async def start(self) -> None:
         """Connect, then ONE command (:meth:`RemoteEnvironment.check_python_and_layout`):
         the Python, the work directory, whether the worker runtime is there, and the
-        scheduler's facts; the runtime is built (or read from the user's cache) and
-        uploaded (one more command) only when the cluster lacks it."""
+        scheduler's facts. The runtime zip goes along on that command's stdin when this
+        machine has it ready (the user's cache) and has not seen it on the cluster; else
+        it is built and uploaded (one more command) only if the cluster lacks it."""
         core = self._core
         core.start()
         await self.transport.connect()
@@ -112,6 +113,7 @@ class Engine:
             work_dir = await self.transport.expand(work_dir)  # no round trip here
         # else the first command resolves "~" on the cluster: asking the transport would
         # cost an SFTP session and a realpath first (four round trips)
+        name = runtime_filename()
         self.environment = RemoteEnvironment(
             self.config,
             self.transport,
@@ -120,10 +122,15 @@ class Engine:
             python=self.python,
             build_environment=self.build_environment,
             work_dir=work_dir,
-            runtime_name=runtime_filename(),
+            runtime_name=name,
         )
+        seen = (self.transport.location, self.config.remote_work_dir, name)
+        along = None
+        if self.transport.round_trips_are_costly and not runtime_known(*seen):
+            cached = cached_bundle()  # never built here for a cluster that may have it
+            along = cached.data if cached is not None else None
         discovery = self.scheduler.discovery_argv()
-        layout = await self.environment.check_python_and_layout(discovery)
+        layout = await self.environment.check_python_and_layout(discovery, along)
         core.work_dir = layout.work_dir
         core.jobs_root = f"{core.work_dir}/jobs"
         core.worker_path = self.environment.worker_path
@@ -134,6 +141,7 @@ class Engine:
             await self.scheduler.discover(core.run_scheduler_command)
         if not layout.runtime_ok:
             await self.environment.upload_runtime(worker_bundle().data)
+        remember_runtime(*seen)
         if core.max_workers is None:  # a backend without a queue caps how many run at once
             core.max_workers = self.scheduler.default_max_workers()
         self._submitter = Submitter(

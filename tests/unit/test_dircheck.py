@@ -22,7 +22,8 @@ SOURCE = inspect.getsource(_dircheck).encode()
 
 
 def check(work: Path, version: str = HERE) -> tuple[int, dict[str, object]]:
-    argv = [sys.executable, "-c", _dircheck.BOOTSTRAP, version, str(work), f"{work}/rt.zip"]
+    argv = [sys.executable, "-c", _dircheck.BOOTSTRAP, version, str(len(SOURCE)), str(work)]
+    argv.append(f"{work}/rt.zip")
     result = subprocess.run(argv, input=SOURCE, capture_output=True, timeout=60)
     assert result.stderr == b"", result.stderr
     return result.returncode, _facts(result.stdout.decode())
@@ -90,7 +91,8 @@ def test_the_discovery_command_runs_meanwhile_and_home_is_resolved(tmp_path: Pat
     home = tmp_path / "home"
     home.mkdir()
     discovery = ["sh", "-c", 'echo "one $1"; echo two >&2; exit 5', "label", "a b"]
-    argv = [sys.executable, "-c", _dircheck.BOOTSTRAP, HERE, "~/w", "runtime/rt.zip", *discovery]
+    argv = [sys.executable, "-c", _dircheck.BOOTSTRAP, HERE, str(len(SOURCE)), "~/w"]
+    argv += ["runtime/rt.zip", *discovery]
     env = {**os.environ, "HOME": str(home)}
     result = subprocess.run(argv, input=SOURCE, capture_output=True, timeout=60, env=env)
     assert result.returncode == 0, result.stderr
@@ -105,8 +107,32 @@ def test_the_discovery_answer_comes_also_when_the_work_dir_is_refused(tmp_path: 
     work = tmp_path / "shared"
     work.mkdir(mode=0o777)
     work.chmod(0o777)
-    argv = [sys.executable, "-c", _dircheck.BOOTSTRAP, HERE, str(work), "", "echo", "hi"]
+    argv = [sys.executable, "-c", _dircheck.BOOTSTRAP, HERE, str(len(SOURCE)), str(work)]
+    argv += ["", "echo", "hi"]
     result = subprocess.run(argv, input=SOURCE, capture_output=True, timeout=60)
     facts = _facts(result.stdout.decode())
     assert result.returncode == _dircheck.EXIT_UNSAFE and "UNSAFE" in facts
     assert facts["DISCOVERY"]["out"] == "hi\n"
+
+
+def test_a_runtime_sent_along_is_written_only_where_it_is_missing(tmp_path: Path) -> None:
+    def along(work: Path, data: bytes) -> dict[str, object]:
+        argv = [sys.executable, "-c", _dircheck.BOOTSTRAP, HERE, str(len(SOURCE)), str(work)]
+        argv.append("runtime/rt.zip")
+        result = subprocess.run(argv, input=SOURCE + data, capture_output=True, timeout=60)
+        return _facts(result.stdout.decode())
+
+    work = tmp_path / "work"
+    facts = along(work, b"zip-1")
+    assert "RUNTIME-WRITTEN" in facts and "RUNTIME-OK" in facts
+    runtime = work / "runtime" / "rt.zip"
+    assert runtime.read_bytes() == b"zip-1" and mode(runtime) == 0o600
+    facts = along(work, b"zip-2")
+    assert "RUNTIME-OK" in facts and "RUNTIME-WRITTEN" not in facts
+    assert runtime.read_bytes() == b"zip-1"  # there already: kept
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    facts = along(shared, b"zip-3")
+    assert "UNSAFE" in facts and "RUNTIME-OK" not in facts
+    assert list(shared.iterdir()) == []  # nothing written into a refused directory

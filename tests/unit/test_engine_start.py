@@ -7,18 +7,29 @@ from __future__ import annotations
 import os
 import stat
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from fakes import FakeScheduler, FakeTransport, fake_config, shut_down
 
-from clustrix import ClusterExecutor
+from clustrix import ClusterExecutor, _remote_env
 from clustrix._bundle import Bundle, runtime_filename, worker_bundle
 from clustrix._engine import engine as engine_module
 from clustrix.schedulers.base import RunCommand
 
 Make = Callable[..., ClusterExecutor]
+
+
+@pytest.fixture(autouse=True)
+def user_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """An empty user cache (no runtime built, no cluster seen); the process's bundle and
+    what it saw forgotten."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setattr(_remote_env, "_seen_here", set())
+    worker_bundle.cache_clear()
+    yield tmp_path / "cache"
+    worker_bundle.cache_clear()
 
 
 def runtime_zip(tmp_path: Path) -> Path:
@@ -49,16 +60,47 @@ def test_a_cold_start_is_one_command_when_the_runtime_is_there(
 def test_a_missing_runtime_costs_one_more_command_with_the_zip_on_stdin(
     make_fake_executor: Make, fake_transport: FakeTransport, tmp_path: Path
 ) -> None:
-    ex = make_fake_executor()
+    ex = make_fake_executor()  # nothing built yet here: the check says what is missing
     ops = [op for op in fake_transport.history if op.op not in ("connect", "close")]
     assert [op.op for op in ops] == ["run", "run"]  # check, upload: no SFTP
-    upload = ops[1]
+    check, upload = ops
+    assert check.stdin == _remote_env._dircheck_source()  # no zip along
     assert "clustrix-runtime" in upload.target and upload.stdin == worker_bundle().data
     path = runtime_zip(tmp_path)
     assert path.read_bytes() == worker_bundle().data and zipfile.is_zipfile(path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600  # private
     assert ex.stats()["packaging.runtime_uploads"] == 1
     assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_runtime_ready_here_goes_along_with_the_check_to_a_new_work_dir(
+    tmp_path: Path, fake_scheduler: FakeScheduler, fake_transport: FakeTransport
+) -> None:
+    data = worker_bundle().data  # built once (the user cache has it now)
+    ex = build(tmp_path, fake_scheduler, fake_transport)
+    try:
+        assert [op.op for op in fake_transport.history if op.op != "connect"] == ["run"]
+        (check,) = fake_transport.commands()
+        assert check.stdin is not None and check.stdin.endswith(data)
+        path = runtime_zip(tmp_path)
+        assert path.read_bytes() == data and stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert ex.stats()["packaging.runtime_uploads"] == 1
+    finally:
+        shut_down(ex, fake_scheduler, fake_transport)
+
+
+def test_a_runtime_gone_since_it_was_seen_is_uploaded_again(
+    make_fake_executor: Make, fake_transport: FakeTransport, tmp_path: Path
+) -> None:
+    make_fake_executor().shutdown()
+    runtime_zip(tmp_path).unlink()  # someone cleaned the work dir
+    since = len(fake_transport.history)
+    ex = make_fake_executor()
+    ops = [op for op in fake_transport.history[since:] if op.op not in ("connect", "close")]
+    assert [op.op for op in ops] == ["run", "run"]
+    assert ops[0].stdin == _remote_env._dircheck_source()  # not sent: it was seen
+    assert runtime_zip(tmp_path).read_bytes() == worker_bundle().data
+    assert ex.stats()["packaging.runtime_uploads"] == 1
 
 
 class Discovering(FakeScheduler):
