@@ -8,8 +8,6 @@
 
 from __future__ import annotations
 
-import importlib
-
 # Not typing.TYPE_CHECKING: importing typing costs the worker ~8 ms per job (mypy treats any
 # name TYPE_CHECKING as true).
 TYPE_CHECKING = False
@@ -98,6 +96,8 @@ def __getattr__(name: str) -> object:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'clustrix' has no attribute {name!r}")
+    import importlib  # here: importlib (and the warnings it imports) costs the worker ~0.6 ms
+
     value = getattr(importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value
     return value

@@ -1,4 +1,5 @@
-"""The worker: ``python -m clustrix.worker run <job_dir> <task_index>``, run on the node.
+"""The worker: ``python -m clustrix.worker run <job_dir> <task_index>``, run on the node
+(a job script starts it with the same arguments through :data:`BOOTSTRAP`).
 
 It reads the task's calls, runs each, and writes one sealed result record per call,
 atomically, before moving on to the next call: a worker that dies half-way through a chunk
@@ -18,16 +19,26 @@ every job of every array.
 from __future__ import annotations
 
 import os
-import pickle
 import sys
 
 from clustrix import _wire
+
+try:  # the C pickler without the pickle module's pure-Python twin (see clustrix._wire)
+    import _pickle as pickle
+except ImportError:  # not CPython
+    import pickle  # type: ignore[no-redef]
 
 TYPE_CHECKING = False  # not typing.TYPE_CHECKING: the worker should not import typing
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
 USAGE = "usage: python -m clustrix.worker run <job_dir> <task_index>"
+#: How a job script starts the worker: ``python -c BOOTSTRAP clustrix.worker run <job_dir>
+#: <task_index>`` (the ``clustrix.worker`` argument only names the process for ``ps`` and
+#: ``pkill -f``). Not ``-m``: runpy and the importlib.util it imports cost every job ~2 ms,
+#: and under ``-m`` this module would run as ``__main__``, a second copy beside the
+#: ``clustrix.worker`` that pickles name (``run_chunk``, a ``DelayedCall``'s module).
+BOOTSTRAP = "import sys; from clustrix.worker import main; sys.exit(main(sys.argv[2:]))"
 EXIT_BAD_USAGE = 2
 EXIT_BAD_TASK = 3
 
@@ -196,7 +207,7 @@ class _Checkpointer:
     def requeue(self, calls: list[tuple[int, bytes, bytes]]) -> int:
         """Save ``calls`` as this task's work and return the exit status that asks for a
         requeue."""
-        body = pickle.dumps(calls, protocol=pickle.HIGHEST_PROTOCOL)
+        body = pickle.dumps(calls, protocol=_wire.PROTOCOL)
         _wire.write_atomic(self.task_path, _wire.seal(self.secret, body))
         _say(f"checkpointed: {len(calls)} call(s) left for when the job is requeued")
         sys.stdout.flush()

@@ -16,7 +16,7 @@ What is real
       ``rm -rf``;
     * the calls are run by the real worker code (:func:`clustrix.worker.run_task`, in this
       process: cheap) or, with ``run(job_id, script=True)``, by the rendered job script itself
-      (``sh job.sh <task>``, which starts ``python -m clustrix.worker`` from the runtime zip).
+      (``sh job.sh <task>``, which starts the worker from the runtime zip).
 
 What is fake
     * the scheduler: no queue, no nodes. Its commands are tiny ``sh`` scripts in

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import zipfile
+from collections.abc import Callable
 from io import BytesIO
 from pathlib import Path
 
@@ -23,6 +24,63 @@ HEAVY = (
     "clustrix.schedulers",
     "clustrix.config",
 )
+
+
+#: What a job's worker must not import for a call that needs none of it (pickled by
+#: reference, here ``eval``): each costs every task of every array on the node. The pickle
+#: module (its pure-Python twin imports re, enum, struct: ``_pickle`` is the pickler),
+#: OpenSSL (small files are sealed with the interpreter's own SHA-256), runpy (``-m``).
+NOT_NEEDED = (
+    *HEAVY,
+    "pickle",
+    "re",
+    "enum",
+    "struct",
+    "hashlib",
+    "_hashlib",
+    "hmac",
+    "contextlib",
+    "runpy",
+    "importlib.util",
+    "typing",
+    "warnings",
+    "traceback",
+    "cloudpickle",
+)
+PACKAGES = tuple(f"{name}." for name in NOT_NEEDED)
+#: Evaluated by the job (a call of the builtin eval, which unpickles without an import):
+#: the modules the worker process holds when the call runs.
+LOADED = "sorted(__import__('sys').modules)"
+#: The same for a bare interpreter started by the job with the job's environment (the
+#: worker's own changes to it undone): what the interpreter and its site imports anyway.
+AT_START = (
+    "__import__('subprocess').run([__import__('sys').executable, '-c', "
+    "'import sys; print(*sys.modules)'], capture_output=True, text=True).stdout.split()"
+)
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [
+        pytest.param("local", id="local-jobs"),
+        pytest.param("slurm-ssh", marks=pytest.mark.cluster),
+        pytest.param("sge-ssh", marks=pytest.mark.cluster),
+    ],
+)
+def test_a_jobs_worker_imports_only_what_the_call_needs(
+    backend: str, make: Callable[..., ClusterExecutor], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CLUSTRIX_LOCAL_ENGINE", "jobs")  # local: the job script, not the pool
+    executor = make(backend)
+    loaded = executor.submit(eval, LOADED).result(timeout=180)
+    at_start = executor.submit(eval, AT_START).result(timeout=180)
+    assert "clustrix.worker" in loaded and "_pickle" in loaded
+    added = set(loaded) - set(at_start)
+    assert sorted(m for m in added if m in NOT_NEEDED or m.startswith(PACKAGES)) == []
+    # a call pickled by value needs cloudpickle; still neither OpenSSL nor runpy
+    by_value = executor.submit(lambda: eval(LOADED)).result(timeout=180)
+    assert "cloudpickle" in by_value
+    assert not {"_hashlib", "hmac", "runpy"} & (set(by_value) - set(at_start))
 
 
 def test_bundle_is_named_by_its_sources_and_complete() -> None:

@@ -31,12 +31,12 @@ pytestmark = pytest.mark.skipif(
     not Path("/proc/self/stat").exists(), reason="the ssh backend's programs need Linux /proc"
 )
 
-# The worker's stand-in: argv is "-m clustrix.worker run <job dir> <task>". Behaviours:
-# "exit N"; "sleep": a child that records the TERM it gets (in term-<task>), which only a
-# TERM for the whole group reaches; "stubborn": ignores TERM, as does its child; "release":
-# waits for release-<task>.
+# The worker's stand-in: argv is "-c <bootstrap> clustrix.worker run <job dir> <task>".
+# Behaviours: "exit N"; "sleep": a child that records the TERM it gets (in term-<task>),
+# which only a TERM for the whole group reaches; "stubborn": ignores TERM, as does its
+# child; "release": waits for release-<task>.
 STUB = r"""#!/bin/sh
-d=$4; t=$5
+d=$5; t=$6
 echo "$$" >> "$d/starts-$t"
 printf '%s' "${CUDA_VISIBLE_DEVICES-<unset>}" > "$d/cuda-$t"
 case $(cat "$d/behave-$t" 2>/dev/null) in

@@ -23,6 +23,10 @@ from hypothesis import strategies as st
 from clustrix import _wire
 from clustrix.config import Resources
 from clustrix.schedulers.base import JobSpec, render_body
+from clustrix.worker import BOOTSTRAP
+
+#: how the job script starts the worker, before the job dir and the task index
+WORKER_ARGS = ["-c", BOOTSTRAP, "clustrix.worker", "run"]
 
 MODULE_STUB = """module() { printf '%s\\0' "$@" >> "$MODULE_OUT"; }\n"""
 
@@ -149,7 +153,7 @@ def test_values_arrive_byte_for_byte(
         recorded = run_body(stub, spec, workdir)
 
         assert recorded["modules"] == nul_joined([x for m in modules for x in ("load", m)])
-        assert recorded["argv"] == nul_joined(["-m", "clustrix.worker", "run", str(job_dir), "0"])
+        assert recorded["argv"] == nul_joined([*WORKER_ARGS, str(job_dir), "0"])
         assert recorded["env"] == nul_joined([*values, worker_path, "1"])
         assert (job_dir / _wire.EXIT_DIR / "0").read_bytes() == b"0\n"
         assert sorted(os.listdir(job_dir / _wire.EXIT_DIR)) == ["0"]
@@ -196,5 +200,5 @@ def test_user_variables_named_like_script_variables_keep_their_values(
         environment=environment,
     )
     recorded = run_body(stub, spec, tmp_path)
-    assert recorded["argv"] == nul_joined(["-m", "clustrix.worker", "run", str(job_dir), "0"])
+    assert recorded["argv"] == nul_joined([*WORKER_ARGS, str(job_dir), "0"])
     assert recorded["env"] == nul_joined(["train", "/data/in", "/w.zip", "1"])

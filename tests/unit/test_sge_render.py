@@ -25,6 +25,7 @@ from clustrix.config import Resources
 from clustrix.errors import ConfigError
 from clustrix.schedulers.base import JobSpec, render_body
 from clustrix.schedulers.sge import SgeScheduler
+from clustrix.worker import BOOTSTRAP
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden"
 UPDATE = os.environ.get("CLUSTRIX_TEST_UPDATE_GOLDEN") == "1"
@@ -212,7 +213,7 @@ def test_any_job_dir_reaches_the_worker_and_the_logs(tmp_path: Path, name: str) 
     assert proc.returncode == 0, proc.stderr
     assert (job_dir / _wire.LOGS_DIR / "1.out").read_text() == "out 1\n"
     argv = eval((here / "argv").read_text())
-    assert argv == ["-m", "clustrix.worker", "run", str(job_dir), "1"]
+    assert argv == ["-c", BOOTSTRAP, "clustrix.worker", "run", str(job_dir), "1"]
     quoted = shlex.quote(str(job_dir / _wire.LOGS_DIR))
     assert f"_clx_logs={quoted}" in sge().render_script(spec).split("\n")
 
