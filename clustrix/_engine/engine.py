@@ -25,7 +25,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from .._bundle import cached_bundle, runtime_filename, worker_bundle
+from .._bundle import Bundle, cached_bundle, runtime_filename, worker_bundle
 from .._loop import LoopThread
 from .._remote_env import RemoteEnvironment, remember_runtime, runtime_known
 from ..config import ClusterConfig, Resources
@@ -43,6 +43,13 @@ from ._send import Sender
 from ._submit import Submitter
 
 __all__ = ["Engine"]
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """A background build nobody awaited (the cluster had the runtime): its error, if
+    any, is the next build's to raise, not a warning at exit."""
+    if not future.cancelled():
+        future.exception()
 
 
 class Engine:
@@ -125,10 +132,15 @@ class Engine:
             runtime_name=name,
         )
         seen = (self.transport.location, self.config.remote_work_dir, name)
-        along = None
+        along: bytes | None = None
+        building: asyncio.Future[Bundle] | None = None
         if self.transport.round_trips_are_costly and not runtime_known(*seen):
-            cached = cached_bundle()  # never built here for a cluster that may have it
-            along = cached.data if cached is not None else None
+            cached = cached_bundle()
+            if cached is not None:
+                along = cached.data
+            else:  # never built here, likely missing there: built while the check runs
+                building = asyncio.ensure_future(asyncio.to_thread(worker_bundle))
+                building.add_done_callback(_retrieve)
         discovery = self.scheduler.discovery_argv()
         layout = await self.environment.check_python_and_layout(discovery, along)
         core.work_dir = layout.work_dir
@@ -140,7 +152,8 @@ class Engine:
         else:  # a backend without a one-command discovery (or none at all)
             await self.scheduler.discover(core.run_scheduler_command)
         if not layout.runtime_ok:
-            await self.environment.upload_runtime(worker_bundle().data)
+            bundle = await building if building is not None else worker_bundle()
+            await self.environment.upload_runtime(bundle.data)
         remember_runtime(*seen)
         if core.max_workers is None:  # a backend without a queue caps how many run at once
             core.max_workers = self.scheduler.default_max_workers()

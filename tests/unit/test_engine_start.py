@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -71,6 +72,28 @@ def test_a_missing_runtime_costs_one_more_command_with_the_zip_on_stdin(
     assert stat.S_IMODE(path.stat().st_mode) == 0o600  # private
     assert ex.stats()["packaging.runtime_uploads"] == 1
     assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_runtime_never_built_here_is_built_while_the_check_runs(
+    make_fake_executor: Make, fake_transport: FakeTransport, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started = threading.Event()
+    real = engine_module.worker_bundle
+
+    def build() -> Bundle:
+        started.set()
+        return real()
+
+    monkeypatch.setattr(engine_module, "worker_bundle", build)
+
+    def check_answered(op: str, target: str) -> None:
+        # before the engine reads the check's answer, the build is under way already
+        assert started.wait(30), "the build waited for the check"
+
+    fake_transport.hook(check_answered, ops=["run"], match="CLUSTRIX-PY", after=True)
+    ex = make_fake_executor()
+    assert started.is_set() and ex.stats()["packaging.runtime_uploads"] == 1
+    assert len(fake_transport.commands()) == 2
 
 
 def test_a_runtime_ready_here_goes_along_with_the_check_to_a_new_work_dir(
