@@ -125,17 +125,6 @@ def _build(modules: tuple[tuple[str, Path], ...]) -> bytes:
     return buffer.getvalue()
 
 
-def _prune(directory: Path, keep: str) -> None:
-    """Keep the :data:`CACHE_KEEP` newest zips (``keep`` among them)."""
-    zips = sorted(
-        (p for p in directory.glob(_filename("*")) if p.name != keep),
-        key=lambda p: p.stat().st_mtime,
-        reverse=True,
-    )
-    for old in zips[CACHE_KEEP - 1 :]:
-        old.unlink(missing_ok=True)
-
-
 def cached_bundle() -> Bundle | None:
     """The worker runtime zip if the user's cache has it (a file read, no build)."""
     digest, _ = _sources()
@@ -162,7 +151,7 @@ def worker_bundle() -> Bundle:
         name = _filename(digest)
         try:
             _usercache.write_private(directory, name, data)
-            _prune(directory, keep=name)
+            _usercache.prune(directory, _filename("*"), keep=CACHE_KEEP)
         except OSError as exc:  # a full disk: the next process builds it again
             log.debug("clustrix: cannot cache the worker runtime in %s: %s", directory, exc)
     return Bundle(data=data, digest=digest)

@@ -60,8 +60,10 @@ def _dircheck_source() -> bytes:
     return inspect.getsource(_dircheck).encode()
 
 
-#: The user cache's record of the (cluster, work dir, runtime) seen with the runtime there.
+#: The user cache's record of the (cluster, work dir, runtime) seen with the runtime there,
+#: and how many records it keeps (the newest).
 SEEN_CACHE = "seen"
+SEEN_KEEP = 256
 #: The same, for this process (no file read for the second executor).
 _seen_here: set[str] = set()
 
@@ -91,6 +93,7 @@ def remember_runtime(location: str, work_dir: str, runtime_name: str) -> None:
     if directory is not None:
         try:
             _usercache.write_private(directory, key, b"")
+            _usercache.prune(directory, "?" * len(key), keep=SEEN_KEEP)
         except OSError as exc:  # only a guess is lost
             log.debug("clustrix: cannot note the runtime in %s: %s", directory, exc)
 

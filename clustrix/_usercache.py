@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-__all__ = ["cache_dir", "read_private", "write_private"]
+__all__ = ["cache_dir", "prune", "read_private", "write_private"]
 
 
 def _base() -> Path:
@@ -80,3 +80,15 @@ def write_private(directory: Path, name: str, data: bytes) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def prune(directory: Path, pattern: str, keep: int) -> None:
+    """Delete all but the ``keep`` newest files of ``directory`` matching ``pattern``."""
+    found = []
+    for path in directory.glob(pattern):
+        with contextlib.suppress(OSError):  # removed meanwhile by another process
+            found.append((path.lstat().st_mtime, path))
+    found.sort(reverse=True)
+    for _, old in found[keep:]:
+        with contextlib.suppress(OSError):
+            old.unlink()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from clustrix import _bundle
+from clustrix import _bundle, _remote_env
 from clustrix._bundle import runtime_filename, worker_bundle
 
 
@@ -95,3 +95,21 @@ def test_old_builds_are_pruned(cache: Path) -> None:
     left = sorted(p.name for p in cache.iterdir())
     assert built.filename in left and len(left) == _bundle.CACHE_KEEP
     assert "clustrix-worker-old00.zip" not in left  # the oldest went first
+
+
+def test_the_clusters_seen_with_the_runtime_are_remembered_privately(
+    cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_remote_env, "_seen_here", set())
+    monkeypatch.setattr(_remote_env, "SEEN_KEEP", 3)
+    assert not _remote_env.runtime_known("u@h:22", "~/w", "rt.zip")
+    _remote_env.remember_runtime("u@h:22", "~/w", "rt.zip")
+    assert _remote_env.runtime_known("u@h:22", "~/w", "rt.zip")
+    monkeypatch.setattr(_remote_env, "_seen_here", set())  # as a new process
+    assert _remote_env.runtime_known("u@h:22", "~/w", "rt.zip")
+    assert not _remote_env.runtime_known("u@h:22", "~/w", "other.zip")
+    seen = cache.parent / _remote_env.SEEN_CACHE
+    assert stat.S_IMODE(seen.stat().st_mode) == 0o700
+    for i in range(5):
+        _remote_env.remember_runtime("u@h:22", f"~/w{i}", "rt.zip")
+    assert len(list(seen.iterdir())) == 3  # the newest only
