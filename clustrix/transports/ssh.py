@@ -10,6 +10,8 @@ are opened lazily and reopened on the next call after the connection drops. The 
   keyboard-interactive answers such as one-time codes) and the prompts that ask a person;
 - :mod:`._sftp`: every file operation SFTP answers (this transport delegates to it);
 - :mod:`._find`: the ``find -printf`` formats and parsers of the one-command tree scan;
+- :mod:`._ssh_spare`: channels started ahead of need, so that a command costs one round
+  trip (stdin included) instead of two or three;
 - here: :class:`SSHTransport`, commands, and the choice between ``find`` and SFTP.
 
 Knows nothing of schedulers or jobs.
@@ -44,6 +46,7 @@ from ._find import (
 from ._sftp import SFTPFiles
 from ._ssh_prompt import AuthPrompt, default_prompt, no_prompt, notebook_prompt, terminal_prompt
 from ._ssh_session import SSHSession
+from ._ssh_spare import SparePool
 from .base import CommandResult, DirEntry, FileHandle, FileStat, OnError, Transport, TreeUsage
 
 __all__ = [
@@ -69,8 +72,15 @@ class SSHTransport(Transport):
 
     round_trips_are_costly = True
 
-    #: Commands at once, each a channel: OpenSSH's default MaxSessions is 10 and SFTP holds one.
-    max_channels = 8
+    #: Commands at once, each a channel: OpenSSH's default MaxSessions is 10, SFTP holds one
+    #: and the spares two.
+    max_channels = 7
+    #: Channels kept started, each waiting for its command (:mod:`._ssh_spare`): two, so
+    #: that a poll and a submission at once both find one.
+    spare_channels = 2
+    #: Longer command lines take a channel of their own: a spare reads its command one
+    #: byte at a time (the shell's ``read``), a round trip is worth a few KiB of that.
+    max_spare_command_bytes = 16 << 10
     #: SFTP operations at once, so that a gather of thousands stays under the server's open
     #: file limit (every open file is a descriptor of sftp-server); 64 keeps the pipe full.
     max_sftp_ops = 64
@@ -128,6 +138,7 @@ class SSHTransport(Transport):
             chunk_bytes=self.transfer_chunk_bytes,
         )
         self._channels = asyncio.Semaphore(self.max_channels)
+        self._spares = SparePool(self.spare_channels)
 
     @property
     def location(self) -> str:
@@ -144,6 +155,7 @@ class SSHTransport(Transport):
 
     async def close(self) -> None:
         """Close SFTP and the connection; idempotent, and the next call reconnects."""
+        await self._spares.close()
         await self._session.close()
 
     async def home(self) -> str:
@@ -160,16 +172,36 @@ class SSHTransport(Transport):
         stdin: bytes | None = None,
         errors: str = "replace",
     ) -> CommandResult:
-        """Run ``argv`` as one ``shlex.join``-quoted command line in a channel of its own."""
+        """Run ``argv`` as one ``shlex.join``-quoted command line, on a spare channel
+        (:mod:`._ssh_spare`) or in a channel of its own."""
         args = list(argv)
+        line = shlex.join(args)
         timeout = self._session.command_timeout_s if timeout_s is None else timeout_s
         conn = await self._session.connection()
 
+        async def start() -> asyncssh.SSHClientProcess[bytes]:
+            spare = None
+            if len(line) <= self.max_spare_command_bytes:
+                spare = self._spares.take(conn, line)
+            if spare is not None:
+                spare.start(line, stdin)
+                return spare.process
+            try:
+                # DEVNULL sends EOF at once: a command reading stdin cannot wait for us.
+                return await conn.create_process(
+                    line, input=stdin or None, stdin=asyncssh.DEVNULL, encoding=None
+                )
+            except asyncssh.ChannelOpenError:
+                if conn.is_closed():
+                    raise
+                # The server may allow fewer sessions than we hold: give the spares' back.
+                self._spares.refuse(conn)
+                return await conn.create_process(
+                    line, input=stdin or None, stdin=asyncssh.DEVNULL, encoding=None
+                )
+
         async def start_and_wait() -> asyncssh.SSHCompletedProcess:
-            # DEVNULL sends EOF at once, so a command reading stdin cannot wait for us forever.
-            proc = await conn.create_process(
-                shlex.join(args), input=stdin or None, stdin=asyncssh.DEVNULL, encoding=None
-            )
+            proc = await start()
             try:
                 return await proc.wait()
             except asyncio.CancelledError:

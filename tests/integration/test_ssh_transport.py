@@ -126,6 +126,63 @@ async def test_run_timeout_raises_and_kills_the_command(transport: SSHTransport)
         pytest.fail("the timed-out command is still running")
 
 
+async def spares_ready(t: SSHTransport, n: int = 2) -> None:
+    """Until ``n`` spare channels wait for a command (they start in the background)."""
+    for _ in range(100):
+        if t._spares.ready() >= n:
+            return
+        await asyncio.sleep(0.05)
+    pytest.fail(f"no {n} spare channels after 5 s")
+
+
+async def test_commands_after_the_first_run_on_spare_channels(transport: SSHTransport) -> None:
+    """A spare reads its command line from stdin, then becomes it: argv, stdin, exit status,
+    stderr and the parent (sshd) are what a channel of its own gives."""
+    assert (await transport.run(["true"])).ok
+    await spares_ready(transport)
+    taken = transport._spares.taken
+    data = f"{WEIRD}\n{transport._spares._spares[0].marker}\nend".encode()
+    script = 'cat; printf "|%s|" "$0"; echo err >&2; exit 3'
+    result = await transport.run(["sh", "-c", script, WEIRD], stdin=data)
+    assert result.returncode == 3
+    assert result.stdout == f"{data.decode()}|{WEIRD}|"
+    assert result.stderr == "err\n"
+    # no stdin: EOF at once, as for a channel of its own
+    assert (await transport.run(["cat"], timeout_s=10)).stdout == ""
+    assert transport._spares.taken == taken + 2
+    # the command is the spare's process itself (exec): a signal request or a close ends it
+    parent = (await transport.run(["sh", "-c", "ps -o comm= -p $PPID"])).stdout.strip()
+    assert parent.startswith("sshd")
+
+
+async def test_a_command_naming_a_spares_marker_or_too_long_gets_its_own_channel(
+    transport: SSHTransport,
+) -> None:
+    await transport.run(["true"])
+    await spares_ready(transport)
+    taken = transport._spares.taken
+    marker = transport._spares._spares[0].marker
+    result = await transport.run(["sh", "-c", 'printf "%s" "$0"', f"x\n{marker}\ny"])
+    assert result.stdout == f"x\n{marker}\ny"
+    long = "z" * (transport.max_spare_command_bytes + 1)
+    assert (await transport.run(["printf", "%s", long])).stdout == long
+    assert transport._spares.taken == taken
+
+
+async def test_a_spare_that_died_is_passed_over(transport: SSHTransport) -> None:
+    await transport.run(["true"])
+    await spares_ready(transport)
+    for marker in [spare.marker for spare in transport._spares._spares]:
+        await transport.run(["pkill", "-KILL", "-f", marker])
+    for _ in range(50):  # the channels close a moment later
+        if transport._spares.ready() == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert (await transport.run(["echo", "still here"])).stdout == "still here\n"
+    await spares_ready(transport)  # and new ones start
+    assert (await transport.run(["echo", "again"])).stdout == "again\n"
+
+
 # -- files ---------------------------------------------------------------------------------
 
 
