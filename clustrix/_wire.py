@@ -25,6 +25,7 @@ This module is imported by the worker on the compute node: standard library only
 from __future__ import annotations
 
 import os
+import sys
 
 # _pickle is the pickler itself: the pickle module adds its pure-Python twin, which
 # imports re, enum and struct (about 6 ms of every job's start on the node);
@@ -51,7 +52,9 @@ if TYPE_CHECKING:
 def _builtin_sha256() -> Callable[[bytes], _Hash] | None:
     """CPython's own SHA-256 (built into the interpreter: no library to load), if it has
     one."""
-    for name in ("_sha2", "_sha256"):  # 3.12+, 3.10-3.11
+    # the right name first: a module that is not there is looked for along all of sys.path
+    names = ("_sha2", "_sha256") if sys.version_info >= (3, 12) else ("_sha256", "_sha2")
+    for name in names:
         try:
             sha256: Callable[[bytes], _Hash] = __import__(name).sha256
         except (ImportError, AttributeError):
