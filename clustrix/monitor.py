@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 from . import _wire
 
-__all__ = ["PollOutput", "parse_poll_output", "poll_delay", "poll_script"]
+__all__ = ["EAGER_S", "PollOutput", "parse_poll_output", "poll_delay", "poll_script"]
 
 log = logging.getLogger("clustrix")
 
@@ -174,11 +174,24 @@ def _untar(text: str) -> dict[str, bytes]:
     return files
 
 
-def poll_delay(age_s: float, min_s: float, max_s: float, fraction: float = 0.1) -> float:
-    """Seconds to wait before the next poll, for jobs submitted ``age_s`` seconds ago.
+#: For this long after a submission polls follow each other back to back: a job usually
+#: starts within a second of its submission (SLURM's scheduling tick), a short call ends
+#: soon after, and a gap between two polls is time added to its result.
+EAGER_S = 2.0
 
-    A fixed fraction of the jobs' age: a result is noticed within about 10 % of the time the
-    job took, however long that is, while a long job costs few polls (about one per 10 %
-    of its age, so a logarithmic number up to the ``max_s`` cap). Never below ``min_s``.
+
+def poll_delay(
+    age_s: float, min_s: float, max_s: float, fraction: float = 0.1, *, last_poll_s: float = 0.0
+) -> float:
+    """Seconds to wait before the next poll, for jobs submitted ``age_s`` seconds ago, after
+    a poll that took ``last_poll_s``.
+
+    Younger than :data:`EAGER_S`: the next poll starts ``min_s`` after the last one started,
+    at once if it took longer (over a slow link: back to back, one poll in flight). Then a
+    fixed fraction of the jobs' age: a result is noticed within about 10 % of the time the
+    job took, however long that is, while a long job costs few polls (about one per 10 % of
+    its age, so a logarithmic number up to the ``max_s`` cap). Never below ``min_s``.
     """
+    if age_s < EAGER_S:
+        return max(0.0, min_s - last_poll_s)
     return min(max_s, max(min_s, fraction * age_s))

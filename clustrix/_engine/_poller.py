@@ -31,7 +31,9 @@ BUNDLE_KIB = 512
 
 
 class Monitor:
-    """Polls all outstanding jobs, one command per cycle, with backoff."""
+    """Polls all outstanding jobs, one command per cycle and one cycle at a time: back to
+    back for the first seconds after a submission, then with backoff
+    (:func:`~clustrix.monitor.poll_delay`)."""
 
     def __init__(self, core: Core, collector: Collector) -> None:
         self.core = core
@@ -46,6 +48,7 @@ class Monitor:
                 await core.wake_monitor.wait()
                 core.wake_monitor.clear()
                 continue
+            started = time.monotonic()
             try:
                 await self.poll_once()
                 self.lost_since = None
@@ -66,11 +69,15 @@ class Monitor:
                 time.monotonic() - newest,
                 core.config.poll_interval_min_s,
                 core.config.poll_interval_max_s,
+                last_poll_s=time.monotonic() - started,
             )
             if self.lost_since is not None:
                 delay = max(delay, self._reconnect_delay())
-            with contextlib.suppress(asyncio.TimeoutError):  # woken early by a submission
-                await asyncio.wait_for(core.wake_monitor.wait(), delay)
+            if delay > 0:
+                with contextlib.suppress(asyncio.TimeoutError):  # woken early by a submission
+                    await asyncio.wait_for(core.wake_monitor.wait(), delay)
+            else:
+                await asyncio.sleep(0)  # let the loop's other work in between two polls
             core.wake_monitor.clear()
 
     def _reconnect_delay(self) -> float:

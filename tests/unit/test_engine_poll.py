@@ -274,3 +274,30 @@ def test_results_are_read_one_by_one_over_a_cheap_transport(
         assert transport.ops["read_bytes"] == 5  # local reads are cheap: no tar
     finally:
         shut_down(ex, fake_scheduler, transport)
+
+
+def test_one_poll_cycle_brings_fifty_finished_results_in_one_command(
+    make_fake_executor: Make, fake_scheduler: FakeScheduler, fake_transport: FakeTransport
+) -> None:
+    """The 50 jobs end just before a status command runs: that one command resolves every
+    future (status, exit files and the results' content in its output); no read, and no
+    other command, per result or per job."""
+    ex = make_fake_executor()
+    futures = ex.submit_map(pow, range(50), [2] * 50, chunksize=1)
+    (submission,) = fake_scheduler.wait_submissions(1)
+    wait_until(lambda: all(f.job_id is not None for f in futures), "the job IDs")
+    commands_at: dict[str, int] = {}
+
+    def end_them_all(op: str, target: str) -> None:  # the poll is recorded, not run yet
+        for task in range(50):
+            fake_scheduler.run(f"{submission.base_id}_{task}")
+        commands_at["poll"] = len(fake_transport.commands())
+
+    seen: list[int] = []
+    for future in futures:  # done-callbacks run where the poll's output is handled
+        future.add_done_callback(lambda _: seen.append(len(fake_transport.commands())))
+    reads = fake_transport.ops["read_bytes"]
+    fake_transport.hook(end_them_all, ops=["run"], match="fake-status")
+    assert [f.result(timeout=30) for f in futures] == [i**2 for i in range(50)]
+    assert len(seen) == 50 and set(seen) == {commands_at["poll"]}
+    assert fake_transport.ops["read_bytes"] == reads

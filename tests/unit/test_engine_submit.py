@@ -241,3 +241,18 @@ def test_the_job_directory_holds_what_the_worker_needs(
     assert fake_scheduler.task_calls(submission.base_id) == [0]
     fake_scheduler.run(submission.base_id)
     assert future.result(timeout=30) == (3, 2)
+
+
+def test_a_fifty_call_map_is_one_operation_on_the_cluster(
+    make_fake_executor: Make, fake_scheduler: FakeScheduler, fake_transport: FakeTransport
+) -> None:
+    """Nothing per call that can be per submission: until the job IDs are known the only
+    operation is the one submit command (polls aside), whatever the number of calls."""
+    ex = make_fake_executor()
+    start = len(fake_transport.history)
+    futures = ex.submit_map(pow, range(50), [2] * 50, chunksize=1)
+    fake_scheduler.wait_submissions(1)
+    wait_until(lambda: all(f.job_id is not None for f in futures), "the job IDs")
+    ops = [o for o in fake_transport.history[start:] if "fake-status" not in o.target]
+    assert [o.op for o in ops] == ["run"] and "fake-submit" in ops[0].target
+    assert ex.stats()["commands.fake-submit"] == 1

@@ -11,7 +11,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from clustrix import _wire
-from clustrix.monitor import MARK, MAX_LISTED_DIRS, parse_poll_output, poll_delay, poll_script
+from clustrix.monitor import (
+    EAGER_S,
+    MARK,
+    MAX_LISTED_DIRS,
+    parse_poll_output,
+    poll_delay,
+    poll_script,
+)
 
 
 def run_poll(script: str) -> str:
@@ -152,6 +159,15 @@ def test_poll_delay_is_a_tenth_of_the_age_within_bounds() -> None:
     assert poll_delay(2.0, 0.05, 5.0) == pytest.approx(0.2)
     assert poll_delay(30.0, 0.05, 5.0) == pytest.approx(3.0)
     assert poll_delay(3600.0, 0.05, 5.0) == 5.0  # an hour-long job: the cap
+
+
+def test_polls_follow_each_other_back_to_back_right_after_a_submission() -> None:
+    # a poll every min_s at most: over a slow link (a poll longer than that) at once
+    assert poll_delay(0.5, 0.05, 5.0, last_poll_s=0.06) == 0.0
+    assert poll_delay(0.5, 0.05, 5.0, last_poll_s=0.01) == pytest.approx(0.04)
+    assert poll_delay(EAGER_S - 0.01, 0.05, 5.0, last_poll_s=0.06) == 0.0
+    # then the backoff, however long the poll took
+    assert poll_delay(EAGER_S, 0.05, 5.0, last_poll_s=0.06) == pytest.approx(0.1 * EAGER_S)
 
 
 @given(
