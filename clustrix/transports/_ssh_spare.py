@@ -31,10 +31,11 @@ logger = logging.getLogger("clustrix.ssh")
 
 #: ``sh -c`` program of a spare, ``$0`` its end marker: the lines before the marker line
 #: are a command line, run with ``exec`` (the shell's ``read`` takes one byte at a time from
-#: a pipe, so the command's stdin starts right after the marker line).
+#: a pipe, so the command's stdin starts right after the marker line). One line, with no
+#: newline of its own (``$n`` is made): any login shell passes it on to ``sh`` unchanged.
 SPARE_READER = (
-    'c=; while IFS= read -r l; do if [ "$l" = "$0" ]; then eval "exec $c"; fi; c="$c$l\n"; '
-    "done; exit 255"
+    "n=$(printf '\\nx'); n=${n%x}; c=; while IFS= read -r l; do "
+    'if [ "$l" = "$0" ]; then eval "exec $c"; fi; c="$c$l$n"; done; exit 255'
 )
 
 
