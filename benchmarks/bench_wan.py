@@ -5,6 +5,7 @@ connection through the same link, same run.
     python benchmarks/bench_wan.py              # full run (about 5 minutes)
     python benchmarks/bench_wan.py --quick      # fewer samples, 100-call arrays
     python benchmarks/bench_wan.py --write      # also rewrite the "bench_wan" README section
+    python benchmarks/bench_wan.py --quick --cold-only   # part (4) only (about 30 s)
 
 The link: ``latency_proxy.py`` in front of the test sshd, 25 ms each way (``--delay-ms``),
 so a 50 ms round trip; both sides connect through it. Measured, each part after waiting
@@ -838,6 +839,7 @@ class Bench:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer samples, 100-call arrays")
+    parser.add_argument("--cold-only", action="store_true", help="only part (4), cold start")
     parser.add_argument("--write", action="store_true", help="rewrite the README results")
     parser.add_argument("--delay-ms", type=float, default=25.0, help="one-way delay")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -861,10 +863,11 @@ def main() -> int:
     bench = Bench(opts)
     try:
         bench.cold(n_cold, rows, diag, trips)
-        bench.one_call(n_call, rows, diag, trips)
-        bench.map_cs1(n_map, reps_map, rows, diag, trips)
-        bench.default_map(n_default, reps_default, rows, diag, trips)
-        bench.command_cost(diag)
+        if not opts.cold_only:
+            bench.one_call(n_call, rows, diag, trips)
+            bench.map_cs1(n_map, reps_map, rows, diag, trips)
+            bench.default_map(n_default, reps_default, rows, diag, trips)
+            bench.command_cost(diag)
     finally:
         bench.close()
     # the table in the order: one call, the 300-call map, the default map, cold start
@@ -883,7 +886,7 @@ def main() -> int:
     print_report(
         result_table + "\n\nRound trips per operation:\n\n" + trips_table, diag, bench.notes, title
     )
-    if opts.write:
+    if opts.write and not opts.cold_only:
         cmd = " ".join(
             ["python benchmarks/bench_wan.py", *(["--quick"] if opts.quick else []), "--write"]
         )
