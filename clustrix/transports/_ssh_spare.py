@@ -121,6 +121,18 @@ class SparePool:
             spare.process.close()
         self._spares = []
 
+    async def give_back(self, conn: asyncssh.SSHClientConnection) -> None:
+        """:meth:`refuse`, and wait until the server has the spares' sessions back (those
+        being opened too: they close once open), so that a command can take one."""
+        spares = [s for s in self._spares if s.conn is conn]
+        self.refuse(conn)
+        for task in list(self._opening):
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(task)
+        for spare in spares:
+            with contextlib.suppress(asyncssh.Error, OSError):
+                await spare.process.wait_closed()
+
     async def _open(self, conn: asyncssh.SSHClientConnection) -> None:
         marker = f"clustrix-end-{secrets.token_hex(8)}"
         try:
@@ -133,6 +145,7 @@ class SparePool:
             return
         if conn is self._refused or len(self._spares) >= self.size:
             process.close()
+            await process.wait_closed()
             return
         self._spares.append(Spare(conn, process, marker))
 

@@ -195,7 +195,7 @@ class SSHTransport(Transport):
                 if conn.is_closed():
                     raise
                 # The server may allow fewer sessions than we hold: give the spares' back.
-                self._spares.refuse(conn)
+                await self._spares.give_back(conn)
                 return await conn.create_process(
                     line, input=stdin or None, stdin=asyncssh.DEVNULL, encoding=None
                 )
