@@ -3,10 +3,11 @@ work directory? Creates what is missing (0700), makes the user's own readable di
 private, refuses what another user could change.
 
 :meth:`clustrix._remote_env.RemoteEnvironment.check_python_and_layout` sends this module's
-source on stdin to the cluster's Python in the executor's first command, which runs it only
-if that Python has this minor version (:data:`BOOTSTRAP`). So it imports nothing but the
-standard library (clustrix is not installed there) and answers on stdout, one
-``CLUSTRIX-<WORD> <json>`` line per fact, ``CLUSTRIX-DIRS-OK`` last of the checks.
+source (compressed, on the command line) to the cluster's Python in the executor's first
+command, which runs it only if that Python has this minor version (:data:`BOOTSTRAP`). So it
+imports nothing but the standard library (clustrix is not installed there) and answers on
+stdout, one ``CLUSTRIX-<WORD> <json>`` line per fact, ``CLUSTRIX-DIRS-OK`` last of the
+checks.
 
 The same command reads the scheduler's facts (the backend's discovery command, started at
 once and run meanwhile, its answer in a ``CLUSTRIX-DISCOVERY`` line), and resolves a work
@@ -44,16 +45,18 @@ SUBDIRS = ("jobs", "runtime", "code", "envs")
 #: what went into their hash (see RemoteEnvironment).
 KEY_FILE = "envs/.hash-key"
 #: ``python -c`` program: prints the version, then, when the minor version is ``argv[1]``,
-#: runs the source that makes up the first ``argv[2]`` bytes of stdin (the rest of stdin:
-#: the worker runtime zip, when the client sends it along). Python 2 must parse it too, to
-#: say which version it is.
+#: runs the source in ``argv[2]`` (zlib-compressed, base64: on the command line, so that the
+#: command needs no stdin, whose window OpenSSH opens only once the command runs: one round
+#: trip less; it is clustrix's own code, no secret). What comes on stdin, if anything, is
+#: the worker runtime zip. Python 2 must parse it too, to say which version it is.
 BOOTSTRAP = (
     "import sys\n"
     'v = "%d.%d" % sys.version_info[:2]\n'
     'print("CLUSTRIX-PY " + v)\n'
     "sys.stdout.flush()\n"
     "if v == sys.argv[1]:\n"
-    "    source = sys.stdin.buffer.read(int(sys.argv[2]))\n"
+    "    import base64, zlib\n"
+    "    source = zlib.decompress(base64.b64decode(sys.argv[2]))\n"
     '    exec(compile(source, "clustrix-dircheck", "exec"))\n'
     "    sys.exit(main(sys.argv[3:]))\n"
 )

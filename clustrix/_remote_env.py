@@ -12,6 +12,7 @@ docs/security.md).
 from __future__ import annotations
 
 import asyncio
+import base64
 import functools
 import hashlib
 import inspect
@@ -22,6 +23,7 @@ import shlex
 import stat
 import sys
 import uuid
+import zlib
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -56,8 +58,11 @@ UPLOAD_RUNTIME = (
 
 
 @functools.cache
-def _dircheck_source() -> bytes:
-    return inspect.getsource(_dircheck).encode()
+def dircheck_argument() -> str:
+    """:mod:`clustrix._dircheck`'s source as :data:`~clustrix._dircheck.BOOTSTRAP` takes
+    it: zlib-compressed, base64."""
+    source = inspect.getsource(_dircheck).encode()
+    return base64.b64encode(zlib.compress(source, 9)).decode()
 
 
 #: The user cache's record of the (cluster, work dir, runtime) seen with the runtime there,
@@ -156,13 +161,10 @@ class RemoteEnvironment:
         q = shlex.quote
         here = f"{sys.version_info.major}.{sys.version_info.minor}"
         runtime = f"runtime/{self.runtime_name}" if self.runtime_name else ""
-        source = _dircheck_source()
-        argv = [self.python, "-c", _dircheck.BOOTSTRAP, here, str(len(source))]
+        argv = [self.python, "-c", _dircheck.BOOTSTRAP, here, dircheck_argument()]
         argv += [self.work_dir, runtime, *(discovery or [])]
         result = await self._run(
-            ["sh", "-c", " ".join(map(q, argv)) + " 2>&1"],
-            counts_as="setup",
-            stdin=source + (runtime_zip or b""),
+            ["sh", "-c", " ".join(map(q, argv)) + " 2>&1"], counts_as="setup", stdin=runtime_zip
         )
         where = self.transport.location
         found = re.search(r"^CLUSTRIX-PY (\d+\.\d+)$", result.stdout, re.MULTILINE)

@@ -1,11 +1,10 @@
 """The work directory check (clustrix/_dircheck.py) as the cluster runs it: this Python with
-``-c BOOTSTRAP`` and the module's source on stdin, here on this machine as this user. The
-refusals (other users' directories) are tested with a real second user in
+``-c BOOTSTRAP`` and the module's source as its argument, here on this machine as this user.
+The refusals (other users' directories) are tested with a real second user in
 tests/integration/test_shared_cluster.py."""
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import stat
@@ -14,17 +13,17 @@ import sys
 from pathlib import Path
 
 from clustrix import _dircheck
-from clustrix._remote_env import _facts
+from clustrix._remote_env import _facts, dircheck_argument
 from clustrix.packaging import EnvironmentPlan
 
 HERE = f"{sys.version_info.major}.{sys.version_info.minor}"
-SOURCE = inspect.getsource(_dircheck).encode()
+ARG = dircheck_argument()
 
 
 def check(work: Path, version: str = HERE) -> tuple[int, dict[str, object]]:
-    argv = [sys.executable, "-c", _dircheck.BOOTSTRAP, version, str(len(SOURCE)), str(work)]
+    argv = [sys.executable, "-c", _dircheck.BOOTSTRAP, version, ARG, str(work)]
     argv.append(f"{work}/rt.zip")
-    result = subprocess.run(argv, input=SOURCE, capture_output=True, timeout=60)
+    result = subprocess.run(argv, input=b"", capture_output=True, timeout=60)
     assert result.stderr == b"", result.stderr
     return result.returncode, _facts(result.stdout.decode())
 
@@ -91,10 +90,10 @@ def test_the_discovery_command_runs_meanwhile_and_home_is_resolved(tmp_path: Pat
     home = tmp_path / "home"
     home.mkdir()
     discovery = ["sh", "-c", 'echo "one $1"; echo two >&2; exit 5', "label", "a b"]
-    argv = [sys.executable, "-c", _dircheck.BOOTSTRAP, HERE, str(len(SOURCE)), "~/w"]
+    argv = [sys.executable, "-c", _dircheck.BOOTSTRAP, HERE, ARG, "~/w"]
     argv += ["runtime/rt.zip", *discovery]
     env = {**os.environ, "HOME": str(home)}
-    result = subprocess.run(argv, input=SOURCE, capture_output=True, timeout=60, env=env)
+    result = subprocess.run(argv, input=b"", capture_output=True, timeout=60, env=env)
     assert result.returncode == 0, result.stderr
     facts = _facts(result.stdout.decode())
     work = os.path.realpath(home) + "/w"
@@ -107,9 +106,9 @@ def test_the_discovery_answer_comes_also_when_the_work_dir_is_refused(tmp_path: 
     work = tmp_path / "shared"
     work.mkdir(mode=0o777)
     work.chmod(0o777)
-    argv = [sys.executable, "-c", _dircheck.BOOTSTRAP, HERE, str(len(SOURCE)), str(work)]
+    argv = [sys.executable, "-c", _dircheck.BOOTSTRAP, HERE, ARG, str(work)]
     argv += ["", "echo", "hi"]
-    result = subprocess.run(argv, input=SOURCE, capture_output=True, timeout=60)
+    result = subprocess.run(argv, input=b"", capture_output=True, timeout=60)
     facts = _facts(result.stdout.decode())
     assert result.returncode == _dircheck.EXIT_UNSAFE and "UNSAFE" in facts
     assert facts["DISCOVERY"]["out"] == "hi\n"
@@ -117,9 +116,9 @@ def test_the_discovery_answer_comes_also_when_the_work_dir_is_refused(tmp_path: 
 
 def test_a_runtime_sent_along_is_written_only_where_it_is_missing(tmp_path: Path) -> None:
     def along(work: Path, data: bytes) -> dict[str, object]:
-        argv = [sys.executable, "-c", _dircheck.BOOTSTRAP, HERE, str(len(SOURCE)), str(work)]
+        argv = [sys.executable, "-c", _dircheck.BOOTSTRAP, HERE, ARG, str(work)]
         argv.append("runtime/rt.zip")
-        result = subprocess.run(argv, input=SOURCE + data, capture_output=True, timeout=60)
+        result = subprocess.run(argv, input=data, capture_output=True, timeout=60)
         return _facts(result.stdout.decode())
 
     work = tmp_path / "work"
