@@ -97,7 +97,12 @@ def modes(lines: str) -> dict[str, str]:
     return {path: mode for mode, path in (line.split(" ", 1) for line in lines.splitlines())}
 
 
-def expected_modes(job_dir: str) -> dict[str, str]:
+def expected_modes(job_dir: str, read: bool = False) -> dict[str, str]:
+    """The job directory's paths and their modes; ``read``: the result file was moved to
+    ``results/done/`` (by the poll after the one that read it)."""
+    result = {f"{job_dir}/results/0.pkl": "600"}
+    if read:
+        result = {f"{job_dir}/results/done": "700", f"{job_dir}/results/done/0.pkl": "600"}
     return {
         job_dir: "700",
         f"{job_dir}/tasks": "700",
@@ -105,7 +110,7 @@ def expected_modes(job_dir: str) -> dict[str, str]:
         f"{job_dir}/secret": "600",
         f"{job_dir}/job.sh": "600",
         f"{job_dir}/tasks/0.pkl": "600",
-        f"{job_dir}/results/0.pkl": "600",
+        **result,
     }
 
 
@@ -120,8 +125,9 @@ def test_job_dirs_are_0700_and_job_files_0600_on_the_local_backend(
     assert future.result(timeout=JOB_TIMEOUT_S) == 9
     job_dir = future.job_dir
     assert job_dir is not None
-    found = {p: oct(stat.S_IMODE(os.stat(p).st_mode))[2:] for p in expected_modes(job_dir)}
-    assert found == expected_modes(job_dir)
+    expected = expected_modes(job_dir, read=not os.path.exists(f"{job_dir}/results/0.pkl"))
+    found = {p: oct(stat.S_IMODE(os.stat(p).st_mode))[2:] for p in expected}
+    assert found == expected
     jobs_root = tmp_path / "work" / "jobs"
     assert stat.S_IMODE(jobs_root.stat().st_mode) == 0o700
 
@@ -139,9 +145,11 @@ def test_job_dirs_are_0700_and_job_files_0600_over_ssh() -> None:
             assert future.result(timeout=JOB_TIMEOUT_S) == 9
         job_dir = future.job_dir
         assert job_dir is not None
-        paths = [*expected_modes(job_dir), str(Path(job_dir).parent.parent)]
-        found = modes(ssh_run("stat -c '%a %n' " + " ".join(shlex.quote(p) for p in paths)))
-        assert found == {**expected_modes(job_dir), str(Path(job_dir).parent.parent): "700"}
+        read = ssh_run(f"test -e {shlex.quote(job_dir)}/results/0.pkl || echo moved").strip()
+        expected = {**expected_modes(job_dir, read=read == "moved")}
+        expected[str(Path(job_dir).parent.parent)] = "700"
+        found = modes(ssh_run("stat -c '%a %n' " + " ".join(shlex.quote(p) for p in expected)))
+        assert found == expected
     finally:
         ssh_run(f"rm -rf ~/{shlex.quote(work_dir)}")
 
