@@ -4,6 +4,7 @@ connection through the same link, same run.
     eval "$(scripts/testcluster.sh env)"
     python benchmarks/bench_wan.py              # full run (about 5 minutes)
     python benchmarks/bench_wan.py --quick      # fewer samples, 100-call arrays
+    python benchmarks/bench_wan.py --only-call  # part (1) alone (and one command's cost)
     python benchmarks/bench_wan.py --write      # also rewrite the "bench_wan" README section
     python benchmarks/bench_wan.py --quick --cold-only   # part (4) only (about 30 s)
 
@@ -842,6 +843,9 @@ def main() -> int:
     parser.add_argument("--cold-only", action="store_true", help="only part (4), cold start")
     parser.add_argument("--write", action="store_true", help="rewrite the README results")
     parser.add_argument("--delay-ms", type=float, default=25.0, help="one-way delay")
+    parser.add_argument(
+        "--only-call", action="store_true", help="only part (1) and the cost of one command"
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--control", type=int, default=0, help=argparse.SUPPRESS)
@@ -862,11 +866,13 @@ def main() -> int:
     trips: list[str] = []
     bench = Bench(opts)
     try:
-        bench.cold(n_cold, rows, diag, trips)
+        if not opts.only_call:
+            bench.cold(n_cold, rows, diag, trips)
         if not opts.cold_only:
             bench.one_call(n_call, rows, diag, trips)
-            bench.map_cs1(n_map, reps_map, rows, diag, trips)
-            bench.default_map(n_default, reps_default, rows, diag, trips)
+            if not opts.only_call:
+                bench.map_cs1(n_map, reps_map, rows, diag, trips)
+                bench.default_map(n_default, reps_default, rows, diag, trips)
             bench.command_cost(diag)
     finally:
         bench.close()
@@ -886,7 +892,7 @@ def main() -> int:
     print_report(
         result_table + "\n\nRound trips per operation:\n\n" + trips_table, diag, bench.notes, title
     )
-    if opts.write and not opts.cold_only:
+    if opts.write and not opts.only_call and not opts.cold_only:
         cmd = " ".join(
             ["python benchmarks/bench_wan.py", *(["--quick"] if opts.quick else []), "--write"]
         )
