@@ -293,6 +293,7 @@ class FakeScheduler(Scheduler):
     native_states: Mapping[str, JobState] = {
         "PENDING": JobState.QUEUED,
         "RUNNING": JobState.RUNNING,
+        "COMPLETING": JobState.RUNNING,  # as SLURM's: ending, not ended yet
         "REQUEUED": JobState.REQUEUED,
         "COMPLETED": JobState.COMPLETED,
         "FAILED": JobState.FAILED,

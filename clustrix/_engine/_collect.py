@@ -29,6 +29,10 @@ __all__ = ["FETCH_ROUND", "STDERR_TAIL_BYTES", "Collector", "Ended"]
 FETCH_ROUND = 512
 #: How much of a failed job's stderr its error carries.
 STDERR_TAIL_BYTES = 4000
+#: At most this many poll cycles wait for the final state of a job whose exit file is there
+#: while the scheduler still lists it as running (COMPLETING); then its calls fail with
+#: the state it has.
+UNSETTLED_POLLS = 5
 
 #: A job that ended with calls still open: its task, its last status, its exit status.
 Ended = tuple[Task, TaskStatus | None, int | None]
@@ -106,9 +110,21 @@ class Collector:
             except TransportError as exc:
                 log.warning("clustrix: cannot read final job states: %s", exc)
 
-        tails = await asyncio.gather(*(self._stderr_tail(t) for t, _, _ in ended))
-        for (task, status, exit_code), stderr_tail in zip(ended, tails, strict=True):
+        settled: list[tuple[Task, TaskStatus | None, int | None]] = []
+        for task, status, exit_code in ended:
             final = self.final_status(status) or details.get(task.job_id or "")
+            if (
+                final is not None
+                and not core.scheduler.lifecycle(final.state).is_final
+                and task.unsettled_polls < UNSETTLED_POLLS
+            ):
+                # Its exit file is there but the scheduler is still ending it (SLURM's
+                # COMPLETING after a scancel): its final word comes on a later cycle.
+                task.unsettled_polls += 1
+                continue
+            settled.append((task, final, exit_code))
+        tails = await asyncio.gather(*(self._stderr_tail(t) for t, _, _ in settled))
+        for (task, final, exit_code), stderr_tail in zip(settled, tails, strict=True):
             if exit_code is None and final is not None:
                 exit_code = final.exit_code
             error = self._error(task, final, exit_code, stderr_tail)

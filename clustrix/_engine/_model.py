@@ -72,6 +72,9 @@ class Task:
     #: A job that ended with results missing gets one more poll cycle (shared filesystems
     #: lag) before its calls fail.
     grace_used: bool = False
+    #: Poll cycles this ended job waited for the scheduler to settle its final state (an
+    #: exit file is there, the scheduler still says COMPLETING).
+    unsettled_polls: int = 0
     attempt: int = 0  # how many times it was resubmitted after an infrastructure failure
     #: The pool this task takes calls from (self-scheduled); its ``calls`` are those claimed.
     pool: Pool | None = None
