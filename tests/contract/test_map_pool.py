@@ -47,11 +47,13 @@ def processes_using(text: str) -> list[str]:
 
 
 def queued_jobs_using(text: str) -> list[str]:
-    """The scheduler's jobs whose command mentions ``text`` (SLURM here; none locally)."""
+    """The scheduler's jobs whose command mentions ``text`` and that are queued or running
+    (SLURM here; none locally). A job COMPLETING has ended: SLURM is cleaning up after it
+    (its processes are checked by :func:`processes_using`)."""
     if shutil.which("squeue") is None:
         return []
     out = subprocess.run(["squeue", "-h", "-o", "%i %T %o"], capture_output=True, text=True)
-    return [line for line in out.stdout.splitlines() if text in line]
+    return [line for line in out.stdout.splitlines() if text in line and " COMPLETING " not in line]
 
 
 def test_a_call_waiting_on_another_calls_side_effect_finishes(
