@@ -96,11 +96,16 @@ def test_a_burst_of_submits_becomes_one_task_array(sge: ClusterExecutor) -> None
     before = sge.stats()
     futures = [sge.submit(jf.square, i) for i in range(10)]
     assert [f.result(timeout=120) for f in futures] == [i * i for i in range(10)]
-    numbers = {(f.job_id or "").split(".")[0] for f in futures}
-    assert len(numbers) == 1
-    number = numbers.pop()
-    assert sorted(f.job_id or "" for f in futures) == sorted(f"{number}.{t}" for t in range(1, 11))
-    assert delta(sge, before)["commands.qsub"] == 1
+    # One task array; two at most when the loaded machine paused the submitting thread for
+    # longer than the burst window (5 ms) once: never one job per call.
+    numbers = sorted({(f.job_id or "").split(".")[0] for f in futures}, key=int)
+    assert 1 <= len(numbers) <= 2
+    assert delta(sge, before)["commands.qsub"] == len(numbers)
+    ids = [f.job_id for f in futures]
+    first = sum(1 for f in futures if (f.job_id or "").startswith(f"{numbers[0]}."))
+    assert ids == [f"{numbers[0]}.{t}" for t in range(1, first + 1)] + [
+        f"{numbers[-1]}.{t}" for t in range(1, 10 - first + 1)
+    ]
 
 
 def test_one_status_command_per_poll_cycle(sge: ClusterExecutor) -> None:

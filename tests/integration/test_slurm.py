@@ -37,12 +37,16 @@ def test_a_burst_of_submits_becomes_one_job_array(
     executor = make_slurm()
     futures = [executor.submit(jf.square, i) for i in range(10)]
     assert [f.result(timeout=120) for f in futures] == [i * i for i in range(10)]
-    bases = {f.job_id.split("_")[0] for f in futures if f.job_id}
-    assert len(bases) == 1
-    base = bases.pop()
-    assert sorted(f.job_id or "" for f in futures) == sorted(f"{base}_{i}" for i in range(10))
-    stats = executor.stats()
-    assert stats["commands.sbatch"] == 1
+    # One array; two at most when the loaded machine paused the submitting thread for
+    # longer than the burst window (5 ms) once: never one job per call.
+    bases = sorted({(f.job_id or "").split("_")[0] for f in futures}, key=int)
+    assert 1 <= len(bases) <= 2
+    assert executor.stats()["commands.sbatch"] == len(bases)
+    ids = [f.job_id for f in futures]
+    first = sum(1 for f in futures if (f.job_id or "").startswith(f"{bases[0]}_"))
+    assert ids == [f"{bases[0]}_{i}" for i in range(first)] + [
+        f"{bases[-1]}_{i}" for i in range(10 - first)
+    ]
 
 
 def test_one_status_command_per_poll_cycle(make_slurm: Callable[..., ClusterExecutor]) -> None:
