@@ -223,19 +223,28 @@ def test_a_result_unreadable_for_two_polls_is_still_delivered(
 
 
 # ---------------------------------------------------------------------- unsettled endings
+def completing_job(
+    ex: ClusterExecutor, scheduler: FakeScheduler, *, running_first: bool = False
+) -> tuple[ClusterFuture[int], str]:
+    """A call whose job wrote its exit file (143: TERM) while the scheduler lists it, and
+    describes it, as COMPLETING."""
+    future = ex.submit(pow, 2, 5)
+    job = job_of(future)
+    if running_first:
+        scheduler.set_state(job, "RUNNING")
+        wait_until(future.running, "the call to run")
+    scheduler.set_detail(job, "COMPLETING")
+    scheduler.set_state(job, "COMPLETING")
+    scheduler.write_exit(job, 143)
+    return future, job
+
+
 def test_a_job_still_completing_after_its_exit_file_fails_with_its_final_state(
     make_fake_executor: Make, fake_scheduler: FakeScheduler
 ) -> None:
     # scancel behind our back: the job script wrote its exit file (the worker got TERM)
     # while the scheduler still lists the job as COMPLETING, and says so when asked.
-    ex = make_fake_executor()
-    future = ex.submit(pow, 2, 5)
-    job = job_of(future)
-    fake_scheduler.set_state(job, "RUNNING")
-    wait_until(future.running, "the call to run")
-    fake_scheduler.set_detail(job, "COMPLETING")
-    fake_scheduler.set_state(job, "COMPLETING")
-    fake_scheduler.write_exit(job, 143)
+    future, job = completing_job(make_fake_executor(), fake_scheduler, running_first=True)
     wait_until(lambda: len(fake_scheduler.calls("detail")) >= 2, "two looks at the detail")
     assert not future.done()  # COMPLETING is no outcome: it waits for the final word
     fake_scheduler.end(job, "CANCELLED", reason="cancelled by root", listed=False)
@@ -247,13 +256,8 @@ def test_a_job_still_completing_after_its_exit_file_fails_with_its_final_state(
 def test_a_job_that_never_settles_fails_with_the_state_it_has(
     make_fake_executor: Make, fake_scheduler: FakeScheduler
 ) -> None:
-    ex = make_fake_executor()
-    future = ex.submit(pow, 2, 5)
-    job = job_of(future)
-    fake_scheduler.set_state(job, "COMPLETING")
-    fake_scheduler.set_detail(job, "COMPLETING")
-    fake_scheduler.write_exit(job, 143)
+    future, job = completing_job(make_fake_executor(), fake_scheduler)
     error = future.exception(timeout=60)  # after UNSETTLED_POLLS cycles, not for ever
-    assert isinstance(error, JobFailedError)
+    assert isinstance(error, JobFailedError) and error.job_id == job
     assert (error.state, error.exit_code) == ("COMPLETING", 143)
     assert len(fake_scheduler.calls("detail")) == 6  # the first look + UNSETTLED_POLLS
