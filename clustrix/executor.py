@@ -93,9 +93,11 @@ class _Submitter:
         ``fn`` and every argument are pickled here, so one that cannot be sent fails now
         with a :class:`clustrix.SerializationError` naming it.
         """
-        plan = self._executor._plan(fn, [args], kwargs)
-        payload = dumps_call(fn, args, kwargs)
-        (future,) = self._executor._enqueue(fn, [payload], 1, self._resources, plan)
+        executor = self._executor
+        with executor._engine.arriving():  # a burst is not over while this one pickles
+            plan = executor._plan(fn, [args], kwargs)
+            payload = dumps_call(fn, args, kwargs)
+            (future,) = executor._enqueue(fn, [payload], 1, self._resources, plan)
         return future
 
     def map(

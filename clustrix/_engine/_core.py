@@ -63,6 +63,9 @@ class Core:
         self.poll_listeners: list[Callable[[], None]] = []
         self.background: set[asyncio.Task[Any]] = set()
         self.work_dir = self.jobs_root = self.worker_path = ""
+        #: submit()/map() calls being pickled on users' threads right now (read on the loop
+        #: thread: while one is, a burst of submissions is not over).
+        self.arriving = 0
 
     def start(self) -> None:
         """Create the loop-bound events (on the loop thread)."""

@@ -131,12 +131,15 @@ class Submitter:
 
     async def _let_the_burst_gather(self) -> None:
         """Wait while submit() calls keep coming (a loop of them on a busy machine can be
-        milliseconds apart), so that they go out as one submission."""
+        milliseconds apart, more while each pickles a big argument), so that they go out
+        as one submission."""
+        core = self.core
         deadline = time.monotonic() + BATCH_MAX_WAIT_S
         while True:
             seen = self.enqueued
             await asyncio.sleep(BATCH_WINDOW_S)
-            if self.enqueued == seen or time.monotonic() > deadline:
+            quiet = self.enqueued == seen and not core.arriving
+            if quiet or time.monotonic() > deadline:
                 return
 
     async def submit_batch(self, tasks: list[Task], throttle: int | None) -> None:

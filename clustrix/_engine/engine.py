@@ -21,8 +21,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import posixpath
+import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .._bundle import Bundle, cached_bundle, runtime_filename, worker_bundle
@@ -74,6 +75,7 @@ class Engine:
         self.build_environment = build_environment
         self._loop = loop
         self._core = Core(config, scheduler, transport, loop, registry, max_workers)
+        self._arriving_lock = threading.Lock()
         self._job_environment = dict(config.environment_variables)
         if config.max_result_mb is not None:  # the worker refuses bigger results
             self._job_environment["CLUSTRIX_MAX_RESULT_BYTES"] = str(
@@ -188,6 +190,19 @@ class Engine:
     def enqueue(self, tasks: list[Task]) -> None:
         """Queue tasks for submission (from any thread)."""
         self._loop.call_soon(self._submitter.on_enqueue, tasks)
+
+    @contextlib.contextmanager
+    def arriving(self) -> Iterator[None]:
+        """Around one submit()/map() on the user's thread, pickling included: a burst of
+        them is not over while one is under way, so the submitter waits for it (up to
+        ``BATCH_MAX_WAIT_S``) even when pickling takes longer than the batch window."""
+        with self._arriving_lock:
+            self._core.arriving += 1
+        try:
+            yield
+        finally:
+            with self._arriving_lock:
+                self._core.arriving -= 1
 
     def cancel_calls(self, futures: list[ClusterFuture[Any]]) -> None:
         """Forget cancelled calls; cancel their jobs in the scheduler (from any thread)."""

@@ -28,6 +28,7 @@ The work directory is checked once, as for every backend (the worker logs live t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import posixpath
@@ -196,6 +197,11 @@ class LocalPoolEngine:
     def enqueue(self, tasks: list[Task]) -> None:
         """Queue jobs (from any thread)."""
         self._loop.call_soon(self._parts().on_enqueue, tasks)
+
+    def arriving(self) -> contextlib.AbstractContextManager[None]:
+        """Around a submit()/map() on the user's thread: nothing to wait for here (a call
+        goes to a free worker at once, there is no burst to gather)."""
+        return contextlib.nullcontext()
 
     def cancel_calls(self, futures: list[ClusterFuture[Any]]) -> None:
         """Forget cancelled calls (from any thread)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import tarfile
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 from fakes import FakeScheduler, FakeTransport, Refusal, wait_until
 
 from clustrix import ClusterExecutor, ClusterFuture, SubmissionError
+from clustrix._engine._submit import BATCH_WINDOW_S
 
 Make = Callable[..., ClusterExecutor]
 
@@ -256,3 +258,25 @@ def test_a_fifty_call_map_is_one_operation_on_the_cluster(
     ops = [o for o in fake_transport.history[start:] if "fake-status" not in o.target]
     assert [o.op for o in ops] == ["run"] and "fake-submit" in ops[0].target
     assert ex.stats()["commands.fake-submit"] == 1
+
+
+class SlowToPickle:
+    """An argument that takes longer to pickle than the batch window (a big array would)."""
+
+    def __reduce__(self) -> tuple[type[int], tuple[int]]:
+        time.sleep(3 * BATCH_WINDOW_S)
+        return (int, (2,))
+
+
+def test_a_burst_whose_pickling_outlasts_the_batch_window_still_goes_out_together(
+    make_fake_executor: Make, fake_scheduler: FakeScheduler
+) -> None:
+    ex = make_fake_executor()
+    futures = [ex.submit(pow, i, SlowToPickle()) for i in range(3)]
+    # Each submit() pickles for 3 batch windows: without the "pickling now" signal each
+    # call would go out alone (3 submissions).
+    submissions = fake_scheduler.wait_submissions(1)
+    with fake_scheduler.autorun():
+        assert [f.result(timeout=30) for f in futures] == [0, 1, 4]
+    assert len(fake_scheduler.submissions) < 3
+    assert submissions[0].n_tasks >= 2
