@@ -444,11 +444,17 @@ def test_leaving_a_chunked_map_early_cancels_the_chunks_not_started(
     assert 2 <= ran <= 4  # the first chunk, and at most the one that had started
 
 
-def test_a_chunked_map_timeout_is_one_deadline(make: Make) -> None:
+def test_a_chunked_map_timeout_is_one_deadline(make: Make, tmp_path: Path) -> None:
     ex = make()
-    results = ex.map(jf.sleep_then, [0, 3, 3, 3], timeout=1.0, chunksize=2)
+    ready, release = tmp_path / "ready", tmp_path / "release"
+    ready.touch()
+    # The chunk's second call waits for a file only the test creates: it cannot end before
+    # the deadline, however fast or slow the machine.
+    results = ex.map(jf.wait_for, [str(ready), str(release)], timeout=0.5, chunksize=2)
     with pytest.raises(cf.TimeoutError):
         list(results)
+    release.touch()  # the waiting call ends: nothing left running at shutdown
+    assert ex.submit(jf.add, 1, 1).result(timeout=TIMEOUT_S) == 2
 
 
 def test_a_chunked_map_keeps_no_yielded_result(make: Make) -> None:
