@@ -187,18 +187,31 @@ class SSHTransport(Transport):
                 spare.start(line, stdin)
                 return spare.process
             try:
-                # DEVNULL sends EOF at once: a command reading stdin cannot wait for us.
-                return await conn.create_process(
-                    line, input=stdin or None, stdin=asyncssh.DEVNULL, encoding=None
-                )
+                process = await own_channel()
             except asyncssh.ChannelOpenError:
                 if conn.is_closed():
                     raise
                 # The server may allow fewer sessions than we hold: give the spares' back.
                 await self._spares.give_back(conn)
-                return await conn.create_process(
-                    line, input=stdin or None, stdin=asyncssh.DEVNULL, encoding=None
-                )
+                process = await own_channel()
+            if stdin:
+                try:
+                    process.stdin.write(stdin)
+                    process.stdin.write_eof()
+                except BrokenPipeError:
+                    # The command ended (or closed its stdin) before reading all of it, as
+                    # a missing program does: its exit status says how, as subprocess.run
+                    # treats EPIPE. A dropped connection is told apart after the wait.
+                    pass
+            return process
+
+        async def own_channel() -> asyncssh.SSHClientProcess[bytes]:
+            # DEVNULL sends EOF at once: a command reading stdin cannot wait for us. Given
+            # stdin is written above, not with create_process(input=), which raises when
+            # the command has ended before the write, losing its exit status and output.
+            return await conn.create_process(
+                line, stdin=asyncssh.PIPE if stdin else asyncssh.DEVNULL, encoding=None
+            )
 
         async def start_and_wait() -> asyncssh.SSHCompletedProcess:
             proc = await start()

@@ -98,6 +98,20 @@ async def test_run_nonzero_exit_is_a_result(transport: SSHTransport) -> None:
     assert not result.ok
 
 
+async def test_a_command_that_ends_before_reading_its_stdin_is_a_result(
+    transport: SSHTransport,
+) -> None:
+    # A missing program ends at once: the stdin written after it (on a channel of its
+    # own: the command line is too long for a spare) must not turn into a lost connection.
+    # (Whether the end beats the write is a race; the start-up error tests of
+    # test_packaging.py lost it about one run in three before the transport wrote stdin
+    # itself.)
+    padding = "z" * (transport.max_spare_command_bytes + 1)
+    for _ in range(20):
+        result = await transport.run(["/no/such/program", padding], stdin=b"x" * 3_000_000)
+        assert result.returncode == 127 and "/no/such/program" in result.stderr
+
+
 async def test_run_killed_by_signal_is_128_plus_signal(transport: SSHTransport) -> None:
     assert (await transport.run(["sh", "-c", "kill -TERM $$"])).returncode == 143
 
