@@ -10,9 +10,10 @@ takes the next, until none is left: a slow call holds up only the task that runs
 It knows nothing of transports, schedulers or the executor, and imports only a few standard
 modules and :mod:`clustrix._wire`, so a job starts fast and the cluster needs no clustrix
 install (clustrix and cloudpickle travel in a small zip on ``PYTHONPATH``). Calls are
-unpickled with the standard :mod:`pickle`, which imports cloudpickle only if the call was
-pickled by value (``__main__`` code, lambdas); results are pickled with :mod:`pickle` and
-fall back to cloudpickle for what only it can pickle. Every import saved here is saved in
+unpickled with the standard :mod:`pickle` (:mod:`clustrix._unpickle`), which imports
+cloudpickle only for what a function by value (``__main__`` code, lambdas) cannot be rebuilt
+without (a class by value); results are pickled with :mod:`pickle` and fall back to
+cloudpickle for what only it can pickle. Every import saved here is saved in
 every job of every array.
 """
 
@@ -21,7 +22,7 @@ from __future__ import annotations
 import os
 import sys
 
-from clustrix import _wire
+from clustrix import _unpickle, _wire
 
 try:  # the C pickler without the pickle module's pure-Python twin (see clustrix._wire)
     import _pickle as pickle
@@ -93,8 +94,8 @@ def run_call(
     call into the next.
     """
     try:
-        fn = pickle.loads(function)
-        args, kwargs = pickle.loads(arguments)
+        fn = _unpickle.loads(function)
+        args, kwargs = _unpickle.loads(arguments)
     except BaseException as exc:
         return _error_record(exc, "clustrix: the call could not be unpickled on the node")
     if fn is run_chunk:  # its records were each checked against the limit already
@@ -115,7 +116,7 @@ def run_chunk(function: bytes, calls: list[tuple[object, ...]]) -> list[_wire.Re
     limit = int(os.environ.get("CLUSTRIX_MAX_RESULT_BYTES", "0") or 0)
     for args in calls:
         try:
-            fn = pickle.loads(function)  # anew per call, as run_call does
+            fn = _unpickle.loads(function)  # anew per call, as run_call does
         except BaseException as exc:
             records.append(
                 _error_record(exc, "clustrix: the call could not be unpickled on the node")
