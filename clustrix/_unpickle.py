@@ -127,9 +127,11 @@ LEAN_NAMES: dict[str, Callable[..., object]] = {
 }
 
 
-class _Unpickler(pickle.Unpickler):
+class LeanUnpickler(pickle.Unpickler):
+    """:class:`pickle.Unpickler` that finds :data:`LEAN_NAMES` here, the rest as usual."""
+
     def find_class(self, module: str, name: str) -> object:
-        if module == CLOUDPICKLE_MODULE and CLOUDPICKLE_MODULE not in sys.modules:
+        if module == CLOUDPICKLE_MODULE:
             lean = LEAN_NAMES.get(name)
             if lean is not None:
                 return lean
@@ -137,6 +139,8 @@ class _Unpickler(pickle.Unpickler):
 
 
 def loads(data: bytes) -> Any:
-    """:func:`pickle.loads`, finding cloudpickle's function reconstructors here (see the
+    """:func:`pickle.loads`, without importing cloudpickle for a function by value (see the
     module's docstring); the same objects come back."""
-    return _Unpickler(io.BytesIO(data)).load()
+    if CLOUDPICKLE_MODULE in sys.modules or b"cloudpickle" not in data:
+        return pickle.loads(data)  # the C unpickler alone (a Python find_class costs more)
+    return LeanUnpickler(io.BytesIO(data)).load()
