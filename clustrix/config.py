@@ -254,6 +254,13 @@ class ClusterConfig(Resources, BaseSettings):
     )
     poll_interval_min_s: float = Field(0.05, gt=0, description="First status poll delay.")
     poll_interval_max_s: float = Field(5.0, gt=0, description="Longest status poll delay.")
+    poll_rate_max_per_s: float = Field(
+        1.0,
+        gt=0,
+        description="Status polls a second in the long run: the first 30 may go back to "
+        "back (the polls right after a submission), then no more than this, however often "
+        "calls are submitted (the scheduler is shared).",
+    )
     cleanup: Literal["on_success", "always", "never"] = Field(
         "on_success",
         description="Delete a submission's job directory once all its results are in: "

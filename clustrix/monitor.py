@@ -29,7 +29,15 @@ from dataclasses import dataclass, field
 
 from . import _wire
 
-__all__ = ["EAGER_S", "PollOutput", "parse_poll_output", "poll_delay", "poll_script"]
+__all__ = [
+    "EAGER_S",
+    "POLL_BURST",
+    "PollBudget",
+    "PollOutput",
+    "parse_poll_output",
+    "poll_delay",
+    "poll_script",
+]
 
 log = logging.getLogger("clustrix")
 
@@ -195,3 +203,45 @@ def poll_delay(
     if age_s < EAGER_S:
         return max(0.0, min_s - last_poll_s)
     return min(max_s, max(min_s, fraction * age_s))
+
+
+#: Polls the budget lets go back to back before its rate holds: slurmctld's default
+#: ``rl_bucket_size``, so that one executor's eager polls never trip a cluster's RPC rate
+#: limit (``SchedulerParameters=rl_enable``) on their own.
+POLL_BURST = 30
+
+
+@dataclass
+class PollBudget:
+    """A token bucket for status polls: ``burst`` may go back to back, then at most
+    ``per_s`` a second, however the submissions come.
+
+    Without it, a user who submits a call every second would keep the eager window of
+    :func:`poll_delay` open for good: a status command 20 times a second, for as long as
+    the submissions go on, on a scheduler shared with everybody else. With it, a lone
+    submission still gets its polls back to back (2 s of them at 20 a second is 40:
+    the first 30 at once and the rest at ``per_s``, by when a short job is usually done),
+    and a steady stream of submissions costs ``per_s`` polls a second.
+    """
+
+    per_s: float
+    burst: int = POLL_BURST
+    tokens: float = -1.0  # full at the first look
+    at_s: float = 0.0
+
+    def _refill(self, now_s: float) -> None:
+        if self.tokens < 0:
+            self.tokens, self.at_s = float(self.burst), now_s
+            return
+        self.tokens = min(float(self.burst), self.tokens + (now_s - self.at_s) * self.per_s)
+        self.at_s = now_s
+
+    def wait_s(self, now_s: float) -> float:
+        """Seconds from ``now_s`` until a poll may start (0: at once)."""
+        self._refill(now_s)
+        return 0.0 if self.tokens >= 1 else (1 - self.tokens) / self.per_s
+
+    def spend(self, now_s: float) -> None:
+        """A poll starts at ``now_s``."""
+        self._refill(now_s)
+        self.tokens -= 1

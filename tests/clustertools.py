@@ -104,7 +104,11 @@ BACKENDS = [
 def backend_config(backend: str, tmp_path: Path, **overrides: Any) -> ClusterConfig:
     """A config for ``backend`` that keeps its files under ``tmp_path`` (or the test user's
     home for SSH), with fast polling for tests."""
-    fast: dict[str, Any] = {"poll_interval_min_s": 0.05, "poll_interval_max_s": 0.5}
+    fast: dict[str, Any] = {
+        "poll_interval_min_s": 0.05,
+        "poll_interval_max_s": 0.5,
+        "poll_rate_max_per_s": 20.0,
+    }
     fast.update(overrides)
     if backend == "local":
         return ClusterConfig(remote_work_dir=str(tmp_path / "work"), **fast)

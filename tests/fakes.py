@@ -108,6 +108,7 @@ def fake_config(base: Path, **overrides: Any) -> ClusterConfig:
         "packaging": False,
         "poll_interval_min_s": 0.01,
         "poll_interval_max_s": 0.05,
+        "poll_rate_max_per_s": 1000.0,  # the budget is tested on its own (test_poll_budget)
         "connection_grace_s": 60.0,
         "submit_retry_s": 60.0,
     }

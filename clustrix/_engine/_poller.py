@@ -17,7 +17,7 @@ import time
 from .. import _wire
 from ..errors import TransportError
 from ..lifecycle import JobState
-from ..monitor import parse_poll_output, poll_delay, poll_script
+from ..monitor import PollBudget, parse_poll_output, poll_delay, poll_script
 from ._collect import Collector, Ended
 from ._core import Core, log
 from ._model import Batch, Call, Task, claim_path
@@ -33,12 +33,16 @@ BUNDLE_KIB = 512
 class Monitor:
     """Polls all outstanding jobs, one command per cycle and one cycle at a time: back to
     back for the first seconds after a submission, then with backoff
-    (:func:`~clustrix.monitor.poll_delay`)."""
+    (:func:`~clustrix.monitor.poll_delay`), and never faster than the poll budget allows
+    (:class:`~clustrix.monitor.PollBudget`) where the scheduler is shared."""
 
     def __init__(self, core: Core, collector: Collector) -> None:
         self.core = core
         self.collector = collector
         self.lost_since: tuple[float, str] | None = None  # polls failing since (mono, wall)
+        self.budget = (
+            PollBudget(core.config.poll_rate_max_per_s) if core.scheduler.status_is_shared else None
+        )
 
     async def loop(self) -> None:
         """Poll while anything is outstanding; sleep until woken otherwise."""
@@ -48,7 +52,14 @@ class Monitor:
                 await core.wake_monitor.wait()
                 core.wake_monitor.clear()
                 continue
+            # the budget holds even when a submission or logs() woke the loop early
+            if self.budget is not None:
+                wait_s = self.budget.wait_s(time.monotonic())
+                if wait_s > 0:
+                    await asyncio.sleep(wait_s)
             started = time.monotonic()
+            if self.budget is not None:
+                self.budget.spend(started)
             try:
                 await self.poll_once()
                 self.lost_since = None

@@ -166,6 +166,10 @@ class Scheduler(ABC):
     #: Generic resource fields (``Resources``) this backend cannot honour: asking for one
     #: is a :class:`~clustrix.errors.ConfigError` at submission, never silently ignored.
     unsupported_resources: frozenset[str] = frozenset()
+    #: True if a status poll asks a daemon that the cluster's users share (slurmctld,
+    #: qmaster): the engine's poll budget (``poll_rate_max_per_s``) applies. False for
+    #: ``ps`` on a host, which costs nobody else anything.
+    status_is_shared: bool = True
 
     def lifecycle(self, native: str) -> JobState:
         """The lifecycle state a native state word means."""

@@ -86,6 +86,7 @@ class DirectScheduler(Scheduler):
 
     name = "ssh"
     supports_array_throttle = False
+    status_is_shared = False  # ps on the host: the poll budget need not hold
     native_states = DIRECT_STATES
     #: No scheduler to ask: memory, partitions, accounts, QoS and directives cannot be
     #: honoured, nor more than one core (nothing reserves cores for a job).

@@ -32,6 +32,7 @@ class LocalScheduler(Scheduler):
 
     name = "local"
     supports_array_throttle = False
+    status_is_shared = False  # ps on the host: the poll budget need not hold
     #: ``ps`` only shows live processes; how they ended is in their exit file.
     native_states = {"RUNNING": JobState.RUNNING}
 

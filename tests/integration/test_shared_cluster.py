@@ -36,7 +36,11 @@ from clustrix import ClusterConfig, ClusterExecutor, ConfigError
 
 #: Every wait has a deadline: a hang fails the test. Generous: the test cluster is shared.
 JOB_TIMEOUT_S = 600
-FAST: dict[str, Any] = {"poll_interval_min_s": 0.05, "poll_interval_max_s": 0.5}
+FAST: dict[str, Any] = {
+    "poll_interval_min_s": 0.05,
+    "poll_interval_max_s": 0.5,
+    "poll_rate_max_per_s": 20.0,
+}
 BACKENDS = [
     pytest.param("local", id="local-as-root"),
     pytest.param("slurm-ssh", id="slurm-ssh", marks=pytest.mark.cluster),
