@@ -257,9 +257,10 @@ class ClusterConfig(Resources, BaseSettings):
     poll_rate_max_per_s: float = Field(
         1.0,
         gt=0,
-        description="Status polls a second in the long run: the first 30 may go back to "
+        description="Scheduler status queries a second in the long run: 30 may go back to "
         "back (the polls right after a submission), then no more than this, however often "
-        "calls are submitted (the scheduler is shared).",
+        "calls are submitted (the scheduler is shared); the poll cycles between them still "
+        "bring the results that are there.",
     )
     cleanup: Literal["on_success", "always", "never"] = Field(
         "on_success",

@@ -311,8 +311,10 @@ class ClusterExecutor(_Submitter, FileSystemMixin, Executor):
         """Counters of what the executor did on the cluster.
 
         ``poll_cycles`` (status round trips), ``commands.<program>`` (e.g.
-        ``commands.sbatch``, ``commands.squeue``: one per poll cycle, whatever the number of
-        jobs), so the cost of a workload can be checked, not guessed.
+        ``commands.sbatch``, ``commands.squeue``: at most one per poll cycle, whatever the
+        number of jobs; ``commands.poll``: the cycles that only listed the job directories,
+        the scheduler's query budget being spent, see ``poll_rate_max_per_s``), so the cost
+        of a workload can be checked, not guessed.
         """
         if not self._loop.running:
             return dict(self._engine.stats)

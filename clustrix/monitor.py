@@ -205,23 +205,24 @@ def poll_delay(
     return min(max_s, max(min_s, fraction * age_s))
 
 
-#: Polls the budget lets go back to back before its rate holds: slurmctld's default
-#: ``rl_bucket_size``, so that one executor's eager polls never trip a cluster's RPC rate
-#: limit (``SchedulerParameters=rl_enable``) on their own.
+#: Status queries the budget lets go back to back before its rate holds: slurmctld's
+#: default ``rl_bucket_size``, so that one executor's eager polls never trip a cluster's
+#: RPC rate limit (``SchedulerParameters=rl_enable``) on their own.
 POLL_BURST = 30
 
 
 @dataclass
 class PollBudget:
-    """A token bucket for status polls: ``burst`` may go back to back, then at most
-    ``per_s`` a second, however the submissions come.
+    """A token bucket for the scheduler's status queries: ``burst`` may go back to back,
+    then at most ``per_s`` a second, however the submissions come.
 
     Without it, a user who submits a call every second would keep the eager window of
-    :func:`poll_delay` open for good: a status command 20 times a second, for as long as
-    the submissions go on, on a scheduler shared with everybody else. With it, a lone
-    submission still gets its polls back to back (2 s of them at 20 a second is 40:
-    the first 30 at once and the rest at ``per_s``, by when a short job is usually done),
-    and a steady stream of submissions costs ``per_s`` polls a second.
+    :func:`poll_delay` open for good: a status query 20 times a second, for as long as the
+    submissions go on, on a scheduler shared with everybody else. A poll cycle the budget
+    has no query for still runs, on the schedule: it lists the job directories and brings
+    the results that are there (what a short call waits for), and leaves the rest (which
+    jobs ended, and how) to the next cycle that asks. So a steady stream of submissions
+    costs ``per_s`` queries a second, and its results come as fast as before.
     """
 
     per_s: float

@@ -17,10 +17,10 @@ import time
 from .. import _wire
 from ..errors import TransportError
 from ..lifecycle import JobState
-from ..monitor import PollBudget, parse_poll_output, poll_delay, poll_script
+from ..monitor import PollBudget, PollOutput, parse_poll_output, poll_delay, poll_script
 from ._collect import Collector, Ended
 from ._core import Core, log
-from ._model import Batch, Call, Task, claim_path
+from ._model import Batch, Call, claim_path
 
 __all__ = ["BUNDLE_KIB", "MAX_DELETE", "Monitor"]
 
@@ -52,16 +52,14 @@ class Monitor:
                 await core.wake_monitor.wait()
                 core.wake_monitor.clear()
                 continue
-            # the budget holds even when a submission or logs() woke the loop early
-            if self.budget is not None:
-                wait_s = self.budget.wait_s(time.monotonic())
-                if wait_s > 0:
-                    await asyncio.sleep(wait_s)
             started = time.monotonic()
-            if self.budget is not None:
+            # Every cycle lists the job dirs (results come as soon as they are there); the
+            # scheduler is asked only as often as the budget allows.
+            ask_status = self.budget is None or self.budget.wait_s(started) == 0
+            if ask_status and self.budget is not None:
                 self.budget.spend(started)
             try:
-                await self.poll_once()
+                await self.poll_once(ask_status=ask_status)
                 self.lost_since = None
                 for listener in list(core.poll_listeners):
                     try:
@@ -129,8 +127,13 @@ class Monitor:
         self.collector.retire_batches()
         self.lost_since = None
 
-    async def poll_once(self) -> bool:
-        """One status round trip for every outstanding job; True if anything changed."""
+    async def poll_once(self, *, ask_status: bool = True) -> bool:
+        """One status round trip for every outstanding job; True if anything changed.
+
+        Without ``ask_status`` the cycle does not ask the scheduler: it collects the results
+        and claims that are there and decides nothing else (which jobs ended, and how, is
+        left to a cycle that asked: a job is never taken for gone for want of asking).
+        """
         core = self.core
         scheduler = core.scheduler
         batches = list(core.batches)
@@ -138,7 +141,7 @@ class Monitor:
         if not tasks:
             return False
         job_ids = [t.job_id for t in tasks if t.job_id]
-        status_argv = scheduler.status_argv(job_ids)
+        status_argv = scheduler.status_argv(job_ids) if ask_status else None
         consumed, core.consumed = core.consumed[:MAX_DELETE], core.consumed[MAX_DELETE:]
         fetched, core.fetched = core.fetched[:MAX_DELETE], core.fetched[MAX_DELETE:]
         tails, core.tails = core.tails, {}  # future.logs() asked: in this round trip
@@ -153,33 +156,26 @@ class Monitor:
             tails=list(tails),
         )
         core.stats["poll_cycles"] += 1
+        # stats: commands.<status program> for a cycle that asked, commands.poll otherwise
+        counts_as = posixpath.basename(status_argv[0]) if status_argv else "poll"
         try:
-            result = await core.run(
-                ["sh", "-c", script], counts_as=posixpath.basename(status_argv[0])
-            )
+            result = await core.run(["sh", "-c", script], counts_as=counts_as)
         except BaseException as exc:
             _answer(tails, [], exc)
             raise
         seen = parse_poll_output(result.stdout)
         _answer(tails, seen.tails, None)
+        if not status_argv:  # results and claims only (see above)
+            changed, _ = await self._collect(batches, seen)
+            return changed
         status_ok = seen.status_ok or scheduler.status_ok_anyway(seen.status_text)
         statuses = scheduler.parse_status(seen.status_text) if status_ok else {}
         if not status_ok:
             log.warning("clustrix: scheduler status failed: %s", seen.status_text.strip()[-500:])
 
-        changed = self._see_claims(batches, seen.claims)
-        new: list[Call] = [
-            call
-            for batch in batches
-            for path, call in batch.paths.items()
-            if not call.resolved and path in seen.result_paths
-        ]
-        unread: set[Task] = set()
-        if new:
-            changed = True
-            await self.collector.fetch_results(new, seen.result_data)
-            # a result that is there but could not be read yet is not a missing result
-            unread = {c.task for c in new if not c.resolved and c.task is not None}
+        changed, new = await self._collect(batches, seen)
+        # a result that is there but could not be read yet is not a missing result
+        unread = {c.task for c in new if not c.resolved and c.task is not None}
 
         ended: list[Ended] = []
         for task in tasks:
@@ -219,6 +215,21 @@ class Monitor:
                 changed = True
         self.collector.retire_batches()
         return changed
+
+    async def _collect(self, batches: list[Batch], seen: PollOutput) -> tuple[bool, list[Call]]:
+        """Take the claims and fetch the results this cycle saw: (anything changed, the
+        calls whose result files were new)."""
+        changed = self._see_claims(batches, seen.claims)
+        new: list[Call] = [
+            call
+            for batch in batches
+            for path, call in batch.paths.items()
+            if not call.resolved and path in seen.result_paths
+        ]
+        if new:
+            changed = True
+            await self.collector.fetch_results(new, seen.result_data)
+        return changed, new
 
     def _see_claims(self, batches: list[Batch], claims: dict[str, str]) -> bool:
         """Give each newly claimed call of a self-scheduled submission to the task that

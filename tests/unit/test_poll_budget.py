@@ -1,5 +1,5 @@
-"""The poll budget: a lone submission still polls back to back, a steady stream of
-submissions costs ``poll_rate_max_per_s`` status commands a second, not 20."""
+"""The poll budget: a steady stream of submissions costs ``poll_rate_max_per_s`` status
+queries a second, not 20, and the cycles between them still bring the results."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 
 import pytest
-from fakes import FakeScheduler
+from fakes import FakeScheduler, wait_until
 
 from clustrix import ClusterConfig, ClusterExecutor
 from clustrix.monitor import POLL_BURST, PollBudget, poll_delay
@@ -31,38 +31,34 @@ def test_a_burst_goes_at_once_then_the_rate_holds() -> None:
     assert budget.tokens == POLL_BURST
 
 
-def simulated_polls(
-    submit_every_s: float, duration_s: float, budget: PollBudget | None, poll_s: float = 0.01
-) -> int:
-    """How many polls the monitor's schedule (poll_delay, then the budget) starts in
-    ``duration_s`` while calls are submitted every ``submit_every_s``; each poll takes
-    ``poll_s``."""
-    now_s, polls = 0.0, 0
+def simulated_queries(submit_every_s: float, duration_s: float, budget: PollBudget | None) -> int:
+    """How many status queries the monitor's schedule (a cycle per :func:`poll_delay`, a
+    query when the budget has one) makes in ``duration_s`` while calls are submitted every
+    ``submit_every_s``; each cycle takes 10 ms."""
+    now_s, queries = 0.0, 0
     while now_s < duration_s:
-        if budget is not None:
-            now_s += budget.wait_s(now_s)
-            budget.spend(now_s)
+        if budget is None or budget.wait_s(now_s) == 0:
+            if budget is not None:
+                budget.spend(now_s)
+            queries += 1
         started = now_s
-        polls += 1
-        now_s += poll_s
+        now_s += 0.01
         newest_s = (now_s // submit_every_s) * submit_every_s
         now_s += poll_delay(now_s - newest_s, 0.05, 5.0, last_poll_s=now_s - started)
-    return polls
+    return queries
 
 
 def test_steady_submissions_cost_the_rate_not_the_eager_polls() -> None:
     # a call submitted every second for a minute
-    unbounded = simulated_polls(1.0, 60.0, None)
-    bounded = simulated_polls(1.0, 60.0, PollBudget(per_s=1.0))
-    assert unbounded > 20 * 50  # the eager window never closes: 20 polls a second
+    unbounded = simulated_queries(1.0, 60.0, None)
+    bounded = simulated_queries(1.0, 60.0, PollBudget(per_s=1.0))
+    assert unbounded > 20 * 50  # the eager window never closes: 20 queries a second
     assert bounded <= POLL_BURST + 60 + 1
 
 
-def test_a_lone_submission_keeps_its_polls_back_to_back() -> None:
+def test_a_lone_submission_keeps_its_queries_back_to_back() -> None:
     # one submission: the first 1.5 s of eager polls (at 20 a second) are the burst
-    with_budget = simulated_polls(1e9, 1.5, PollBudget(per_s=1.0))
-    without = simulated_polls(1e9, 1.5, None)
-    assert with_budget == without
+    assert simulated_queries(1e9, 1.5, PollBudget(per_s=1.0)) == simulated_queries(1e9, 1.5, None)
 
 
 def test_the_engine_holds_the_budget_while_calls_keep_coming(
@@ -75,11 +71,28 @@ def test_the_engine_holds_the_budget_while_calls_keep_coming(
         futures.append(ex.submit(pow, 2, len(futures)))
         time.sleep(0.05)
     elapsed_s = time.monotonic() - start
-    polls = len(fake_scheduler.calls("status"))
+    queries = len(fake_scheduler.calls("status"))
     # unbounded, 3 s of polls every 10 ms (fake_config's poll_interval_min_s) is ~300
-    assert polls <= POLL_BURST + 5.0 * elapsed_s + 2
+    assert queries <= POLL_BURST + 5.0 * elapsed_s + 2
+    assert ex.stats()["poll_cycles"] > queries  # the cycles went on without a query
     with fake_scheduler.autorun():
         assert [f.result(timeout=60) for f in futures] == [2**i for i in range(len(futures))]
+
+
+def test_a_result_comes_with_a_cycle_that_did_not_ask_the_scheduler(
+    make_fake_executor: Make, fake_scheduler: FakeScheduler
+) -> None:
+    # one query per 4 s once the 30 are spent: the result must not wait for one
+    ex = make_fake_executor(poll_rate_max_per_s=0.25)
+    future = ex.submit(pow, 3, 3)
+    (submission,) = fake_scheduler.wait_submissions(1)
+    wait_until(lambda: len(fake_scheduler.calls("status")) >= POLL_BURST, "the burst spent")
+    # a cycle without a query has run: the cycles from now on are such (for about 4 s)
+    wait_until(lambda: ex.stats().get("commands.poll", 0) > 0, "a cycle without a query")
+    queries = len(fake_scheduler.calls("status"))
+    fake_scheduler.run(submission.base_id)
+    assert future.result(timeout=30) == 27
+    assert len(fake_scheduler.calls("status")) == queries
 
 
 def test_ps_on_a_host_has_no_budget() -> None:
