@@ -20,7 +20,7 @@ from ..lifecycle import JobState
 from ..monitor import PollBudget, PollOutput, parse_poll_output, poll_delay, poll_script
 from ._collect import Collector, Ended
 from ._core import Core, log
-from ._model import Batch, Call, claim_path
+from ._model import Batch, Call, Task, claim_path
 
 __all__ = ["BUNDLE_KIB", "MAX_DELETE", "Monitor"]
 
@@ -131,8 +131,9 @@ class Monitor:
         """One status round trip for every outstanding job; True if anything changed.
 
         Without ``ask_status`` the cycle does not ask the scheduler: it collects the results
-        and claims that are there and decides nothing else (which jobs ended, and how, is
-        left to a cycle that asked: a job is never taken for gone for want of asking).
+        and claims that are there, finishes the jobs that ended with all their results, and
+        decides nothing else (any other ending is left to a cycle that asked: a job is never
+        taken for gone for want of asking).
         """
         core = self.core
         scheduler = core.scheduler
@@ -165,17 +166,15 @@ class Monitor:
             raise
         seen = parse_poll_output(result.stdout)
         _answer(tails, seen.tails, None)
-        if not status_argv:  # results and claims only (see above)
-            changed, _ = await self._collect(batches, seen)
-            return changed
+        changed, new = await self._collect(batches, seen)
+        # a result that is there but could not be read yet is not a missing result
+        unread = {c.task for c in new if not c.resolved and c.task is not None}
+        if not status_argv:
+            return self._finish_done(tasks, seen, unread) or changed
         status_ok = seen.status_ok or scheduler.status_ok_anyway(seen.status_text)
         statuses = scheduler.parse_status(seen.status_text) if status_ok else {}
         if not status_ok:
             log.warning("clustrix: scheduler status failed: %s", seen.status_text.strip()[-500:])
-
-        changed, new = await self._collect(batches, seen)
-        # a result that is there but could not be read yet is not a missing result
-        unread = {c.task for c in new if not c.resolved and c.task is not None}
 
         ended: list[Ended] = []
         for task in tasks:
@@ -214,6 +213,21 @@ class Monitor:
                 self.collector.fail_unclaimed(batch)
                 changed = True
         self.collector.retire_batches()
+        return changed
+
+    def _finish_done(self, tasks: list[Task], seen: PollOutput, unread: set[Task]) -> bool:
+        """In a cycle that did not ask the scheduler: finish the tasks whose exit file is
+        there and whose every call has its result (their slots are free for the calls
+        held back); any other ending waits for the scheduler's word."""
+        changed = False
+        for task in tasks:
+            assert task.batch is not None
+            exit_code = seen.exit_codes.get(f"{task.batch.job_dir}/{_wire.EXIT_DIR}/{task.index}")
+            if exit_code is not None and task not in unread and not task.open_calls():
+                self.collector.finalize(task, None, exit_code)
+                changed = True
+        if changed:
+            self.collector.retire_batches()
         return changed
 
     async def _collect(self, batches: list[Batch], seen: PollOutput) -> tuple[bool, list[Call]]:

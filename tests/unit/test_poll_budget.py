@@ -100,3 +100,22 @@ def test_ps_on_a_host_has_no_budget() -> None:
     assert not LocalScheduler.status_is_shared and not DirectScheduler.status_is_shared
     assert FakeScheduler.status_is_shared
     assert ClusterConfig().poll_rate_max_per_s == 1.0
+
+
+def test_a_finished_job_frees_its_slot_without_a_query(
+    make_fake_executor: Make, fake_scheduler: FakeScheduler
+) -> None:
+    fake_scheduler.max_array_size = 1  # no arrays: one job per call, the second held back
+    ex = make_fake_executor(poll_rate_max_per_s=0.25, max_workers=1)
+    first, second = ex.submit(pow, 2, 5), ex.submit(pow, 2, 6)
+    (job,) = fake_scheduler.wait_submissions(1)  # the second call waits for the slot
+    wait_until(lambda: len(fake_scheduler.calls("status")) >= POLL_BURST, "the burst spent")
+    wait_until(lambda: ex.stats().get("commands.poll", 0) > 0, "a cycle without a query")
+    queries = len(fake_scheduler.calls("status"))
+    fake_scheduler.run(job.base_id)
+    assert first.result(timeout=30) == 32
+    # its exit file and its one result were there: the job is over, the slot is free
+    _, held = fake_scheduler.wait_submissions(2)
+    assert len(fake_scheduler.calls("status")) == queries
+    fake_scheduler.run(held.base_id)
+    assert second.result(timeout=30) == 64
