@@ -650,7 +650,13 @@ cmd_restart_execd() {  # restart-execd DOWN_S [JOBID...]
     local down=${1:-0} job shepherd shepherds=() pids=() kids=()
     shift || true
     for job in "$@"; do   # found first: a wrong job ID must not leave execd down
+        # qstat says "r" as soon as execd took the job; its shepherd (and its pid file)
+        # may come a moment later on a busy machine: wait up to 20 s for it
+        local tries=0
         shepherd=$(sge_shepherd_of "$job")
+        while [ -z "$shepherd" ] && [ $tries -lt 100 ]; do
+            sleep 0.2; tries=$((tries + 1)); shepherd=$(sge_shepherd_of "$job")
+        done
         [ -n "$shepherd" ] || die "no sge_shepherd for job $job (not running here?)"
         shepherds+=("$shepherd")
     done
