@@ -260,16 +260,16 @@ class EngineProbe:
     def attach(cls, ex: ClusterExecutor) -> EngineProbe | None:
         engine: Any = getattr(ex, "_engine", None)
         monitor, core = getattr(engine, "_monitor", None), getattr(engine, "_core", None)
-        poll: Callable[[], Coroutine[Any, Any, bool]] | None = getattr(monitor, "poll_once", None)
+        poll: Callable[..., Coroutine[Any, Any, bool]] | None = getattr(monitor, "poll_once", None)
         run: Callable[..., Coroutine[Any, Any, Any]] | None = getattr(core, "run", None)
         if poll is None or run is None:
             return None
         probe = cls([], [])
 
-        async def poll_once() -> bool:
+        async def poll_once(*args: Any, **kwargs: Any) -> bool:
             t = time.time()
             try:
-                return await poll()
+                return await poll(*args, **kwargs)
             finally:
                 probe.polls.append((t, time.time()))
 
