@@ -257,10 +257,8 @@ class ClusterConfig(Resources, BaseSettings):
     poll_rate_max_per_s: float = Field(
         1.0,
         gt=0,
-        description="Scheduler status queries a second in the long run: 30 may go back to "
-        "back (the polls right after a submission), then no more than this, however often "
-        "calls are submitted (the scheduler is shared); the poll cycles between them still "
-        "bring the results that are there.",
+        description="Scheduler status queries a second after 30 back to back, however often "
+        "calls come (the scheduler is shared); the cycles between still bring results.",
     )
     cleanup: Literal["on_success", "always", "never"] = Field(
         "on_success",

@@ -195,14 +195,7 @@ class SSHTransport(Transport):
                 await self._spares.give_back(conn)
                 process = await own_channel()
             if stdin:
-                try:
-                    process.stdin.write(stdin)
-                    process.stdin.write_eof()
-                except BrokenPipeError:
-                    # The command ended (or closed its stdin) before reading all of it, as
-                    # a missing program does: its exit status says how, as subprocess.run
-                    # treats EPIPE. A dropped connection is told apart after the wait.
-                    pass
+                _write_stdin(process, stdin)
             return process
 
         async def own_channel() -> asyncssh.SSHClientProcess[bytes]:
@@ -373,6 +366,18 @@ class SSHTransport(Transport):
 
     async def get(self, path: str, local_path: str) -> None:
         await self._files.get(await self.expand(path), local_path)
+
+
+def _write_stdin(process: asyncssh.SSHClientProcess[bytes], data: bytes) -> None:
+    """Write ``data`` and EOF to a command of its own channel."""
+    try:
+        process.stdin.write(data)
+        process.stdin.write_eof()
+    except BrokenPipeError:
+        # The command ended (or closed its stdin) before reading all of it, as a missing
+        # program does: its exit status says how, as subprocess.run treats EPIPE. A dropped
+        # connection is told apart after the wait.
+        pass
 
 
 def _returncode(exit_status: int | None, exit_signal: tuple[str, bool, str, str] | None) -> int:
