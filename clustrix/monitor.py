@@ -227,22 +227,24 @@ class PollBudget:
 
     per_s: float
     burst: int = POLL_BURST
-    tokens: float = -1.0  # full at the first look
-    at_s: float = 0.0
+    tokens: float = field(init=False)  # full at first
+    at_s: float | None = None  # when tokens was last brought up to date
+
+    def __post_init__(self) -> None:
+        self.tokens = float(self.burst)
 
     def _refill(self, now_s: float) -> None:
-        if self.tokens < 0:
-            self.tokens, self.at_s = float(self.burst), now_s
-            return
-        self.tokens = min(float(self.burst), self.tokens + (now_s - self.at_s) * self.per_s)
+        if self.at_s is not None:
+            elapsed_s = max(0.0, now_s - self.at_s)
+            self.tokens = min(float(self.burst), self.tokens + elapsed_s * self.per_s)
         self.at_s = now_s
 
     def wait_s(self, now_s: float) -> float:
-        """Seconds from ``now_s`` until a poll may start (0: at once)."""
+        """Seconds from ``now_s`` until a status query may go (0: at once)."""
         self._refill(now_s)
         return 0.0 if self.tokens >= 1 else (1 - self.tokens) / self.per_s
 
     def spend(self, now_s: float) -> None:
-        """A poll starts at ``now_s``."""
+        """A status query goes at ``now_s``."""
         self._refill(now_s)
         self.tokens -= 1

@@ -33,8 +33,8 @@ BUNDLE_KIB = 512
 class Monitor:
     """Polls all outstanding jobs, one command per cycle and one cycle at a time: back to
     back for the first seconds after a submission, then with backoff
-    (:func:`~clustrix.monitor.poll_delay`), and never faster than the poll budget allows
-    (:class:`~clustrix.monitor.PollBudget`) where the scheduler is shared."""
+    (:func:`~clustrix.monitor.poll_delay`); where the scheduler is shared, a cycle asks it
+    only as often as the budget allows (:class:`~clustrix.monitor.PollBudget`)."""
 
     def __init__(self, core: Core, collector: Collector) -> None:
         self.core = core
