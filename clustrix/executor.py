@@ -371,7 +371,7 @@ class ClusterExecutor(_Submitter, FileSystemMixin, Executor):
             raise ConfigError(
                 f"cluster_type={self.config.cluster_type!r} cannot honour "
                 f"{', '.join(unsupported)}: leave {'it' if len(unsupported) == 1 else 'them'} "
-                "unset, or give the scheduler's own option in extra_directives"
+                f"unset, or {self._engine.scheduler.unsupported_fix}"
             )
         with self._shutdown_lock:
             if self._shutdown:

@@ -69,6 +69,7 @@ class LocalPoolEngine:
         self.config = config
         #: What the executor asks the backend (checkpointing, resources it cannot honour).
         self.scheduler = LocalScheduler.from_config(config)
+        self.scheduler.unsupported_resources = frozenset()  # the pool enforces time_limit_min
         #: Files only (the filesystem methods of the executor); no command runs through it
         #: but the work directory check.
         self.transport = LocalTransport()

@@ -166,6 +166,8 @@ class Scheduler(ABC):
     #: Generic resource fields (``Resources``) this backend cannot honour: asking for one
     #: is a :class:`~clustrix.errors.ConfigError` at submission, never silently ignored.
     unsupported_resources: frozenset[str] = frozenset()
+    #: What that error proposes besides leaving them unset.
+    unsupported_fix: str = "give the scheduler's own option in extra_directives"
     #: True if a status poll asks a daemon that the cluster's users share (slurmctld,
     #: qmaster): the engine's poll budget (``poll_rate_max_per_s``) applies. False for
     #: ``ps`` on a host, which costs nobody else anything.

@@ -93,6 +93,7 @@ class DirectScheduler(Scheduler):
     unsupported_resources = frozenset(
         {"cores", "mem_gb", "partition", "account", "qos", "extra_directives"}
     )
+    unsupported_fix = "submit through a scheduler (cluster_type='slurm' or 'sge')"
 
     def __init__(self, host: str, *, kill_grace_s: int = KILL_GRACE_S) -> None:
         self.host = host

@@ -35,6 +35,13 @@ class LocalScheduler(Scheduler):
     status_is_shared = False  # ps on the host: the poll budget need not hold
     #: ``ps`` only shows live processes; how they ended is in their exit file.
     native_states = {"RUNNING": JobState.RUNNING}
+    #: Its jobs are plain processes with nothing to stop them at a time limit (the local
+    #: pool enforces it itself and clears this; the ``ssh`` backend's jobs have a watchdog).
+    unsupported_resources = frozenset({"time_limit_min"})
+    unsupported_fix = (
+        "run the calls on a host with cluster_type='ssh', or on this machine with the "
+        "default local engine (CLUSTRIX_LOCAL_ENGINE unset): both enforce it"
+    )
 
     def render_script(self, spec: JobSpec) -> str:
         """A ``sh`` script taking the task index as its first argument."""

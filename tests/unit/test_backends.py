@@ -140,3 +140,24 @@ def test_cli_lists_the_registry(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["backends"]) == 0
     text = capsys.readouterr().out
     assert "pbs" in text and "planned" in text
+
+
+def test_the_local_jobs_engine_refuses_a_time_limit_the_pool_enforces(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # its jobs are plain processes that nothing stops at a time limit: refused, never
+    # ignored; the default engine (warm workers) enforces it (tests/unit/test_localpool.py)
+    from clustrix import ClusterExecutor
+
+    config = ClusterConfig(remote_work_dir=str(tmp_path / "work"), state_dir=tmp_path / "state")
+    monkeypatch.setenv("CLUSTRIX_LOCAL_ENGINE", "jobs")
+    with ClusterExecutor(config) as ex:
+        before = ex.stats()
+        with pytest.raises(ConfigError, match=r"cannot honour time_limit_min.*cluster_type='ssh'"):
+            ex.options(time_limit_min=5).submit(abs, -3)
+        assert ex.stats() == before  # nothing was started
+        assert ex.submit(abs, -3).result(timeout=60) == 3
+        assert ex.stats() != before
+    monkeypatch.setenv("CLUSTRIX_LOCAL_ENGINE", "pool")
+    with ClusterExecutor(config) as ex:
+        assert ex.options(time_limit_min=5).submit(abs, -3).result(timeout=60) == 3

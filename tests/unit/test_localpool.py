@@ -153,7 +153,12 @@ def test_workers_are_warm_and_a_map_shares_them(make: Make) -> None:
     assert 1 <= len(set(pids)) <= 2  # two workers took every call
     for future, pid in zip(futures, pids, strict=True):
         assert pid_of_job(future.job_id) == pid
-    assert set(ex.map(jf.pid_of, range(10))) <= set(pids)  # the same processes again
+    # the same processes again: none started for it (a second worker that came up late may
+    # take its first calls now, on a busy machine)
+    started = ex.stats()["pool.workers_started"]
+    again = set(ex.map(jf.pid_of, range(10)))
+    assert ex.stats()["pool.workers_started"] == started <= 2
+    assert len(again | set(pids)) <= 2
 
 
 def test_a_chunk_is_one_job_on_one_worker(make: Make) -> None:
