@@ -239,12 +239,10 @@ class PollBudget:
             self.tokens = min(float(self.burst), self.tokens + elapsed_s * self.per_s)
         self.at_s = now_s
 
-    def wait_s(self, now_s: float) -> float:
-        """Seconds from ``now_s`` until a status query may go (0: at once)."""
+    def take(self, now_s: float) -> bool:
+        """True (and one query spent) if a status query may go at ``now_s``."""
         self._refill(now_s)
-        return 0.0 if self.tokens >= 1 else (1 - self.tokens) / self.per_s
-
-    def spend(self, now_s: float) -> None:
-        """A status query goes at ``now_s``."""
-        self._refill(now_s)
+        if self.tokens < 1:
+            return False
         self.tokens -= 1
+        return True

@@ -55,9 +55,7 @@ class Monitor:
             started = time.monotonic()
             # Every cycle lists the job dirs (results come as soon as they are there); the
             # scheduler is asked only as often as the budget allows.
-            ask_status = self.budget is None or self.budget.wait_s(started) == 0
-            if ask_status and self.budget is not None:
-                self.budget.spend(started)
+            ask_status = self.budget is None or self.budget.take(started)
             try:
                 await self.poll_once(ask_status=ask_status)
                 self.lost_since = None
@@ -180,7 +178,7 @@ class Monitor:
         for task in tasks:
             assert task.batch is not None and task.job_id is not None
             status = statuses.get(task.job_id)
-            exit_code = seen.exit_codes.get(f"{task.batch.job_dir}/{_wire.EXIT_DIR}/{task.index}")
+            exit_code = _exit_code(seen, task)
             state = scheduler.lifecycle(status.state) if status is not None else None
             if status is not None and state is not None and status.state != task.native:
                 # A final word waits for the outcome to be collected (finalize): until then
@@ -221,8 +219,7 @@ class Monitor:
         held back); any other ending waits for the scheduler's word."""
         changed = False
         for task in tasks:
-            assert task.batch is not None
-            exit_code = seen.exit_codes.get(f"{task.batch.job_dir}/{_wire.EXIT_DIR}/{task.index}")
+            exit_code = _exit_code(seen, task)
             if exit_code is not None and task not in unread and not task.open_calls():
                 self.collector.finalize(task, None, exit_code)
                 changed = True
@@ -261,6 +258,12 @@ class Monitor:
                 call.future._mark_running()
                 changed = True
         return changed
+
+
+def _exit_code(seen: PollOutput, task: Task) -> int | None:
+    """The exit status ``task``'s job script wrote, if this cycle saw it."""
+    assert task.batch is not None
+    return seen.exit_codes.get(f"{task.batch.job_dir}/{_wire.EXIT_DIR}/{task.index}")
 
 
 def _answer(
