@@ -320,14 +320,22 @@ class DirectScheduler(Scheduler):
 
 def _watchdog_lines(time_limit_min: float, grace_s: int) -> list[str]:
     """A background watchdog: at the time limit, mark the job timed out, TERM its group,
-    KILL it after the grace. The job's end stops the watchdog (TERM, trapped)."""
+    KILL it after the grace. The job's end stops the watchdog (TERM, trapped).
+
+    A job that ends at once must not leave the ``sleep`` behind for the whole time limit
+    (seen under load, about one quick job in 150): the TERM may come before ``sleep`` is
+    started, before its pid is known, or before ``wait``; the trap kills the ``sleep`` if
+    its pid is known, and the check after ``$!`` covers the rest. KILL, not TERM: a
+    ``sleep`` not yet exec'd still has the shell's handler, which would swallow a TERM."""
     limit_s = max(1, math.ceil(time_limit_min * 60))
     return [
         f"# the time limit ({time_limit_min:g} min), enforced here: there is no scheduler",
         "(",
-        "  _clx_z=",
-        '  trap \'[ -z "$_clx_z" ] || kill "$_clx_z" 2>/dev/null; exit 0\' TERM',
-        f'  sleep {limit_s} & _clx_z=$!; wait "$_clx_z"',
+        "  _clx_stop= _clx_z=",
+        '  trap \'_clx_stop=1; [ -z "$_clx_z" ] || kill -KILL "$_clx_z" 2>/dev/null\' TERM',
+        f"  sleep {limit_s} & _clx_z=$!",
+        '  [ -n "$_clx_stop" ] || wait "$_clx_z"',
+        '  if [ -n "$_clx_stop" ]; then kill -KILL "$_clx_z" 2>/dev/null; exit 0; fi',
         "  trap '' TERM  # the TERM for the group below is not for the watchdog",
         '  [ -e "$_clx_logs/$_clx_t.cancel" ] || : > "$_clx_logs/$_clx_t.timeout"',
         f"  echo 'clustrix: time limit ({time_limit_min:g} min) reached: stopping the job' >&2",

@@ -68,9 +68,11 @@ rm -f "$_clx_logs/$_clx_t.wait"
 export CUDA_VISIBLE_DEVICES="$_clx_gpus"
 # the time limit (90 min), enforced here: there is no scheduler
 (
-  _clx_z=
-  trap '[ -z "$_clx_z" ] || kill "$_clx_z" 2>/dev/null; exit 0' TERM
-  sleep 5400 & _clx_z=$!; wait "$_clx_z"
+  _clx_stop= _clx_z=
+  trap '_clx_stop=1; [ -z "$_clx_z" ] || kill -KILL "$_clx_z" 2>/dev/null' TERM
+  sleep 5400 & _clx_z=$!
+  [ -n "$_clx_stop" ] || wait "$_clx_z"
+  if [ -n "$_clx_stop" ]; then kill -KILL "$_clx_z" 2>/dev/null; exit 0; fi
   trap '' TERM  # the TERM for the group below is not for the watchdog
   [ -e "$_clx_logs/$_clx_t.cancel" ] || : > "$_clx_logs/$_clx_t.timeout"
   echo 'clustrix: time limit (90 min) reached: stopping the job' >&2
