@@ -66,6 +66,8 @@ class Core:
         #: submit()/map() calls being pickled on users' threads right now (read on the loop
         #: thread: while one is, a burst of submissions is not over).
         self.arriving = 0
+        #: :meth:`start` ran: the loop-bound events exist.
+        self.started = False
 
     def start(self) -> None:
         """Create the loop-bound events (on the loop thread)."""
@@ -73,6 +75,7 @@ class Core:
         self.wake_monitor = asyncio.Event()
         self.idle = asyncio.Event()
         self.idle.set()
+        self.started = True
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run ``coro`` in the background; :meth:`Engine.close` waits for it."""

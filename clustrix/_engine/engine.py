@@ -170,7 +170,7 @@ class Engine:
     async def close(self) -> None:
         """Finish pending cancellations and clean-ups, then close the transport."""
         core = self._core
-        if hasattr(core, "idle"):  # start() got that far
+        if core.started:
             await self._canceller.flush()
         if core.finished_dirs:
             core.spawn(core.remove_quietly(core.finished_dirs))
