@@ -98,6 +98,8 @@ def test_bundle_is_named_by_its_sources_and_complete() -> None:
     assert worker_bundle().digest == bundle.digest  # same sources, same name on the cluster
     compiled = [n for n in names if n.endswith(".pyc")]
     assert "clustrix/worker.pyc" in compiled and "cloudpickle/cloudpickle.pyc" in compiled
+    # only what a job loads is compiled (the build is on a cold start's path)
+    assert "clustrix/executor.pyc" not in compiled
 
 
 def test_worker_imports_nothing_it_does_not_need(tmp_path: Path) -> None:
@@ -107,6 +109,10 @@ def test_worker_imports_nothing_it_does_not_need(tmp_path: Path) -> None:
     probe = (
         "import sys, clustrix.worker, cloudpickle; "
         "print(clustrix.worker.__file__); print('\\n'.join(sorted(sys.modules)))"
+    )
+    files = (
+        "import sys, clustrix.worker, cloudpickle; print('\\n'.join(m.__file__ for n, m in "
+        "sys.modules.items() if n.split('.')[0] in ('clustrix', 'cloudpickle')))"
     )
     # As the job script runs it: the zip on PYTHONPATH, PYTHONSAFEPATH so that a clustrix
     # checkout in the working directory (this repository!) cannot shadow it.
@@ -121,6 +127,16 @@ def test_worker_imports_nothing_it_does_not_need(tmp_path: Path) -> None:
     assert out[0].startswith(str(zip_path)), "the worker must come from the shipped zip"
     loaded = set(out[1:])
     assert not [m for m in loaded if m.startswith(HEAVY)]
+    # and each of its modules comes compiled (zipimport cannot cache bytecode: a module
+    # there as source alone is compiled again by every job)
+    from_zip = subprocess.run(
+        [sys.executable, "-s", "-c", files],
+        env={"PYTHONPATH": str(zip_path), "PYTHONSAFEPATH": "1", "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert from_zip and [f for f in from_zip if not f.endswith(".pyc")] == []
 
 
 def test_worker_usage_error_exit_status(tmp_path: Path) -> None:
