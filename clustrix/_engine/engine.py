@@ -111,11 +111,19 @@ class Engine:
     async def start(self) -> None:
         """Connect, then ONE command (:meth:`RemoteEnvironment.check_python_and_layout`):
         the Python, the work directory, whether the worker runtime is there, and the
-        scheduler's facts. The runtime zip goes along on that command's stdin when this
-        machine has it ready (the user's cache) and has not seen it on the cluster; else
-        it is built and uploaded (one more command) only if the cluster lacks it."""
+        scheduler's facts. The runtime zip goes along on that command's stdin unless this
+        machine has seen it on the cluster: from the user's cache, or built while the
+        connection is made (the first start after an upgrade: ~50 ms, a login takes
+        longer). Seen there but gone, it is uploaded by one more command."""
         core = self._core
         core.start()
+        cached: Bundle | None = None
+        building: asyncio.Future[Bundle] | None = None
+        if self.transport.round_trips_are_costly:
+            cached = cached_bundle()
+            if cached is None:  # never built here: likely missing there too
+                building = asyncio.ensure_future(asyncio.to_thread(worker_bundle))
+                building.add_done_callback(_retrieve)
         await self.transport.connect()
         work_dir = self.config.remote_work_dir
         if posixpath.isabs(work_dir) or not self.transport.round_trips_are_costly:
@@ -135,14 +143,13 @@ class Engine:
         )
         seen = (self.transport.location, self.config.remote_work_dir, name)
         along: bytes | None = None
-        building: asyncio.Future[Bundle] | None = None
         if self.transport.round_trips_are_costly and not runtime_known(*seen):
-            cached = cached_bundle()
             if cached is not None:
                 along = cached.data
-            else:  # never built here, likely missing there: built while the check runs
-                building = asyncio.ensure_future(asyncio.to_thread(worker_bundle))
-                building.add_done_callback(_retrieve)
+            elif building is not None:
+                # a build that failed is raised below, if the cluster lacks the runtime
+                with contextlib.suppress(Exception):
+                    along = (await building).data
         discovery = self.scheduler.discovery_argv()
         layout = await self.environment.check_python_and_layout(discovery, along)
         core.work_dir = layout.work_dir
