@@ -258,19 +258,23 @@ def _report(probe: subprocess.Popen[bytes] | None) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """``argv``: the work directory, the worker runtime's path below it ("": none), then
-    the scheduler's discovery command (none: no discovery). What is left on stdin, if
-    anything, is the worker runtime zip: written there if it is missing."""
+    """``argv``: the work directory, the worker runtime's path below it ("": none),
+    ``along`` if the worker runtime zip comes on stdin (written there if it is missing)
+    or ``-``, then the scheduler's discovery command (none: no discovery)."""
     work_dir = absolute(argv[0])
+    along = argv[2] == "along"
     try:
-        probe = _start(argv[2:])
+        probe = _start(argv[3:])
     except OSError as exc:  # e.g. no sh: the facts say so
         probe = None
         _say("DISCOVERY", rc=127, out="", err=str(exc))
     try:
-        return _check(work_dir, os.path.join(work_dir, argv[1]) if argv[1] else "")
+        return _check(work_dir, os.path.join(work_dir, argv[1]) if argv[1] else "", along)
     finally:
-        sys.stdin.buffer.read()  # what was not needed: the client's write completes
+        # what was sent and not needed: the client's write completes. Nothing sent: no
+        # wait for the EOF, which leaves the client only once the command has started.
+        if along:
+            sys.stdin.buffer.read()
         sys.stdout.flush()
         _report(probe)
         sys.stdout.flush()
@@ -293,7 +297,7 @@ def _put(path: str, data: bytes) -> bool:
     return True
 
 
-def _check(work_dir: str, worker_path: str) -> int:
+def _check(work_dir: str, worker_path: str, along: bool) -> int:
     _say("WORKDIR", path=work_dir)
     uid = os.geteuid()
     os.umask(0o077)
@@ -345,7 +349,7 @@ def _check(work_dir: str, worker_path: str) -> int:
     except OSError:
         runtime = None
     runtime_ok = _mine_and_unwritable(runtime, uid)  # else it is uploaded again
-    if not runtime_ok and worker_path:
+    if not runtime_ok and worker_path and along:
         data = sys.stdin.buffer.read()
         runtime_ok = bool(data) and _put(worker_path, data)
     if runtime_ok:

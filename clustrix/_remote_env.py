@@ -162,7 +162,7 @@ class RemoteEnvironment:
         here = f"{sys.version_info.major}.{sys.version_info.minor}"
         runtime = f"runtime/{self.runtime_name}" if self.runtime_name else ""
         argv = [self.python, "-c", _dircheck.BOOTSTRAP, here, dircheck_argument()]
-        argv += [self.work_dir, runtime, *(discovery or [])]
+        argv += [self.work_dir, runtime, "along" if runtime_zip else "-", *(discovery or [])]
         result = await self._run(
             ["sh", "-c", " ".join(map(q, argv)) + " 2>&1"], counts_as="setup", stdin=runtime_zip
         )

@@ -22,8 +22,8 @@ ARG = dircheck_argument()
 
 def check(work: Path, version: str = HERE) -> tuple[int, dict[str, object]]:
     argv = [sys.executable, "-c", _dircheck.BOOTSTRAP, version, ARG, str(work)]
-    argv.append(f"{work}/rt.zip")
-    result = subprocess.run(argv, input=b"", capture_output=True, timeout=60)
+    argv += [f"{work}/rt.zip", "-"]
+    result = subprocess.run(argv, capture_output=True, timeout=60)  # no stdin: not read
     assert result.stderr == b"", result.stderr
     return result.returncode, _facts(result.stdout.decode())
 
@@ -91,7 +91,7 @@ def test_the_discovery_command_runs_meanwhile_and_home_is_resolved(tmp_path: Pat
     home.mkdir()
     discovery = ["sh", "-c", 'echo "one $1"; echo two >&2; exit 5', "label", "a b"]
     argv = [sys.executable, "-c", _dircheck.BOOTSTRAP, HERE, ARG, "~/w"]
-    argv += ["runtime/rt.zip", *discovery]
+    argv += ["runtime/rt.zip", "-", *discovery]
     env = {**os.environ, "HOME": str(home)}
     result = subprocess.run(argv, input=b"", capture_output=True, timeout=60, env=env)
     assert result.returncode == 0, result.stderr
@@ -107,7 +107,7 @@ def test_the_discovery_answer_comes_also_when_the_work_dir_is_refused(tmp_path: 
     work.mkdir(mode=0o777)
     work.chmod(0o777)
     argv = [sys.executable, "-c", _dircheck.BOOTSTRAP, HERE, ARG, str(work)]
-    argv += ["", "echo", "hi"]
+    argv += ["", "-", "echo", "hi"]
     result = subprocess.run(argv, input=b"", capture_output=True, timeout=60)
     facts = _facts(result.stdout.decode())
     assert result.returncode == _dircheck.EXIT_UNSAFE and "UNSAFE" in facts
@@ -117,7 +117,7 @@ def test_the_discovery_answer_comes_also_when_the_work_dir_is_refused(tmp_path: 
 def test_a_runtime_sent_along_is_written_only_where_it_is_missing(tmp_path: Path) -> None:
     def along(work: Path, data: bytes) -> dict[str, object]:
         argv = [sys.executable, "-c", _dircheck.BOOTSTRAP, HERE, ARG, str(work)]
-        argv.append("runtime/rt.zip")
+        argv += ["runtime/rt.zip", "along"]
         result = subprocess.run(argv, input=data, capture_output=True, timeout=60)
         return _facts(result.stdout.decode())
 
@@ -135,3 +135,19 @@ def test_a_runtime_sent_along_is_written_only_where_it_is_missing(tmp_path: Path
     facts = along(shared, b"zip-3")
     assert "UNSAFE" in facts and "RUNTIME-OK" not in facts
     assert list(shared.iterdir()) == []  # nothing written into a refused directory
+
+
+def test_without_a_runtime_along_stdin_is_not_read(tmp_path: Path) -> None:
+    # its EOF would leave the client only once the command has started: waiting for it
+    # would cost the start-up a round trip; here stdin never ends, and the answer comes
+    read_end, write_end = os.pipe()
+    try:
+        argv = [sys.executable, "-c", _dircheck.BOOTSTRAP, HERE, ARG, str(tmp_path / "w")]
+        argv += ["runtime/rt.zip", "-", "echo", "hi"]
+        result = subprocess.run(argv, stdin=read_end, capture_output=True, timeout=60)
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+    facts = _facts(result.stdout.decode())
+    assert result.returncode == 0 and "DIRS-OK" in facts and "RUNTIME-OK" not in facts
+    assert facts["DISCOVERY"]["out"] == "hi\n"
