@@ -11,6 +11,7 @@ runs the same programs through the engine.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -89,11 +90,13 @@ def wait_until(what: str, condition: Callable[[], object], timeout_s: float = 60
 
 @dataclass
 class Host:
-    """A work dir on this machine and the backend's programs run against it."""
+    """A work dir on this machine and the backend's programs run against it; ``path``:
+    PATH for them (its ``sh`` is the shell under test)."""
 
     root: Path
     scheduler: DirectScheduler
     stub: str
+    path: str
     started: list[int] = field(default_factory=list)
 
     def job(
@@ -120,7 +123,12 @@ class Host:
     def run(self, argv: list[str]) -> subprocess.CompletedProcess[str]:
         # run where a path that reached a shell unquoted would leave its "pwned" file
         return subprocess.run(
-            argv, capture_output=True, text=True, timeout=120, cwd=self.root.parent
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=self.root.parent,
+            env={**os.environ, "PATH": self.path},
         )
 
     def launch(self, spec: JobSpec) -> list[str]:
@@ -147,8 +155,22 @@ class Host:
         assert result.returncode == 0, result.stderr
 
 
-@pytest.fixture
-def host(tmp_path: Path) -> Iterator[Host]:
+#: The shells a host's ``sh`` may be: Debian's dash, and bash (``/bin/sh`` on Red Hat and
+#: its kin, most clusters), whose ``wait`` and traps differ.
+SHELLS = [pytest.param(name, id=name) for name in ("dash", "bash")]
+
+
+@pytest.fixture(params=SHELLS)
+def host(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Host]:
+    shell = shutil.which(request.param)
+    if shell is None:
+        pytest.skip(f"no {request.param} here")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    # a script, not a symlink: the programs run "sh" by name, and exec keeps the pid
+    (bin_dir / "sh").write_text(f'#!/bin/sh\nexec {shell} "$@"\n')
+    (bin_dir / "sh").chmod(0o755)
+    path = f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}"
     root = tmp_path / WEIRD_DIR / "work"  # every path the programs see needs its quotes
     (root / "jobs").mkdir(parents=True)
     stub = tmp_path / "stub-python"
@@ -156,9 +178,11 @@ def host(tmp_path: Path) -> Iterator[Host]:
     stub.chmod(0o755)
     scheduler = DirectScheduler("testhost", kill_grace_s=1)
     scheduler.attach(work_dir=str(root), jobs_root=str(root / "jobs"))
-    out = subprocess.run(["sh", "-c", DISCOVER], capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["sh", "-c", DISCOVER], capture_output=True, text=True, env={"PATH": path}
+    ).stdout
     scheduler.read_facts(out)
-    h = Host(root, scheduler, str(stub))
+    h = Host(root, scheduler, str(stub), path)
     yield h
     for pid in h.started:  # whatever a failed test left running
         for member in session_members(pid):

@@ -34,9 +34,12 @@ PYTHONSAFEPATH=1 PYTHONPATH='/scratch/my jobs/runtime/clustrix-worker.zip'"${PYT
 _clx_child=$!
 trap '_clx_sig=1; kill -TERM "$_clx_child" 2>/dev/null' TERM INT HUP
 # a trapped signal interrupts "wait" (status 128+n): wait again for the real status,
-# which bash keeps even when the worker has exited meanwhile
+# unless the worker is gone and its status with it (a zombie still counts: dash
+# waits for it; bash reaps on its own, and waiting again there returns -1, or
+# blocks while another child lives)
 _clx_sig=1
-while [ "$_clx_sig" = 1 ]; do _clx_sig=0; wait "$_clx_child"; _clx_rc=$?; done
+while [ "$_clx_sig" = 1 ]; do _clx_sig=0; wait "$_clx_child"; _clx_rc=$?
+  kill -0 "$_clx_child" 2>/dev/null || break; done
 # written in place, no temp file and mv (a process, ~1 ms of every task): a reader
 # that comes between the create and the one write sees an empty file, which counts
 # as none (the poll's grep prints nothing for it)

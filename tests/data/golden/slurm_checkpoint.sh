@@ -23,9 +23,12 @@ _clx_child=$!
 trap '_clx_sig=1; kill -TERM "$_clx_child" 2>/dev/null' TERM INT HUP
 trap '_clx_sig=1; kill -USR2 "$_clx_child" 2>/dev/null' USR2
 # a trapped signal interrupts "wait" (status 128+n): wait again for the real status,
-# which bash keeps even when the worker has exited meanwhile
+# unless the worker is gone and its status with it (a zombie still counts: dash
+# waits for it; bash reaps on its own, and waiting again there returns -1, or
+# blocks while another child lives)
 _clx_sig=1
-while [ "$_clx_sig" = 1 ]; do _clx_sig=0; wait "$_clx_child"; _clx_rc=$?; done
+while [ "$_clx_sig" = 1 ]; do _clx_sig=0; wait "$_clx_child"; _clx_rc=$?
+  kill -0 "$_clx_child" 2>/dev/null || break; done
 if [ "$_clx_rc" = 75 ]; then
   echo 'clustrix: the worker checkpointed; requeueing the job' >&2
   scontrol requeue "$SLURM_JOB_ID" && exit 0
