@@ -9,9 +9,9 @@ lets the user's own modules ``import clustrix`` there.
 Its name comes from the hash of its sources alone (:func:`runtime_filename`, a few
 milliseconds), so that a process whose cluster has the runtime already never builds it; a
 build is kept in the user's private cache (:mod:`clustrix._usercache`), so that the next
-process reads it instead. Only what a job loads is compiled (:data:`NODE_MODULES`: ~20 ms;
-all 90 modules took ~160 ms, on the first cold start after every upgrade); the rest is
-there as source, for user code that imports more of clustrix on the node.
+process reads it instead. Only what a job loads is compiled (:data:`NODE_MODULES`: ~20 ms
+of CPU, where all 90 modules took ~160 ms, on the first start after every upgrade); the
+rest is there as source, for user code that imports more of clustrix on the node.
 
 Knows nothing of transports or schedulers: it only produces bytes and their hash.
 """
@@ -59,8 +59,8 @@ class Bundle:
 
 
 #: The modules a job loads on the node, compiled into the zip: the worker and what it
-#: imports (``tests/test_worker_runtime.py`` checks the set on real jobs), and cloudpickle,
-#: which a class or enum pickled by value needs.
+#: imports, and cloudpickle, which a class or enum pickled by value needs
+#: (``tests/test_worker_runtime.py`` checks that each module a job loads comes compiled).
 NODE_MODULES = (
     "clustrix/__init__.py",
     "clustrix/worker.py",
