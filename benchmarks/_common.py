@@ -175,6 +175,30 @@ def print_report(
         print(f"NOTE: {note}")
 
 
+def write_report(
+    key: str,
+    heading: str,
+    paragraphs: Sequence[str],
+    tables: Sequence[str],
+    diag: Sequence[str],
+    notes: Sequence[str],
+    *,
+    quiet: str = "",
+) -> None:
+    """Write one benchmark's README section (:func:`write_readme_section`): ``### heading —
+    <time>``, the paragraphs (the machine, how it ran), the tables, the diagnostics, then
+    the notes (or ``quiet``, if given, when there are none)."""
+    lines = [f"### {heading} — {now_text()}", ""]
+    for block in [*paragraphs, *tables]:
+        lines += [block, ""]
+    lines += ["Diagnostics:", "", *[f"- {line}" for line in diag]]
+    if notes:
+        lines += ["", *[f"**Note:** {n}" for n in notes]]
+    elif quiet:
+        lines += ["", quiet]
+    write_readme_section(key, "\n".join(lines))
+
+
 def write_readme_section(key: str, body: str) -> None:
     """Replace the text between ``<!-- key:begin -->`` and ``<!-- key:end -->`` in the
     benchmarks README (appending the markers if they are missing)."""

@@ -34,12 +34,11 @@ from _common import (
     local_cluster_jobs,
     machine_facts,
     median,
-    now_text,
     print_report,
     table,
     verdict,
     wait_for_idle,
-    write_readme_section,
+    write_report,
 )
 
 from clustrix import ClusterConfig, DiskUsage
@@ -152,27 +151,20 @@ def main() -> int:
 
     if opts.write:
         cmd = "python benchmarks/bench_fs.py" + (" --quick" if opts.quick else "") + " --write"
-        body = "\n".join(
+        write_report(
+            "fs-bench",
+            "Filesystem: du and find over SSH",
             [
-                f"### Filesystem: du and find over SSH — {now_text()}",
-                "",
                 "`bench_fs.py`: a tree of 10,000 files in 100 directories on the test cluster; "
                 "clustrix's `du`/`find` (one `find -printf` command, parsed in Python) against "
                 "`du -sb`/`find` run directly over the same asyncssh connection, interleaved.",
-                "",
                 f"Machine: {machine_facts()}",
-                "",
                 f"Run: `{cmd}`.",
-                "",
-                result_table,
-                "",
-                "Diagnostics:",
-                "",
-                *[f"- {line}" for line in diag],
-                *([""] + [f"**Note:** {n}" for n in notes] if notes else []),
-            ]
+            ],
+            [result_table],
+            diag,
+            notes,
         )
-        write_readme_section("fs-bench", body)
     return 0
 
 

@@ -46,13 +46,12 @@ from _common import (
     local_cluster_jobs,
     machine_facts,
     median,
-    now_text,
     print_report,
     revision,
     table,
     verdict,
     wait_for_idle,
-    write_readme_section,
+    write_report,
 )
 
 from clustrix import ClusterExecutor
@@ -354,24 +353,18 @@ def main() -> int:
 
     if opts.write:
         flags = "".join(f" --{f}" for f in ("quick", "jobs") if getattr(opts, f))
-        body = "\n".join(
+        write_report(
+            "bench_local",
+            "ClusterExecutor() (local pool) vs ProcessPoolExecutor",
             [
-                f"### ClusterExecutor() (local pool) vs ProcessPoolExecutor — {now_text()}",
-                "",
                 f"Machine: {machine_facts()}",
-                "",
                 f"Code: {code}. Run: `python benchmarks/bench_local.py{flags} --write` "
                 f"({title}). Before the run: {load_before}; after: {load_text()}.",
-                "",
-                result_table,
-                "",
-                "Diagnostics:",
-                "",
-                *[f"- {line}" for line in diag],
-                *([""] + [f"**Note:** {n}" for n in notes] if notes else []),
-            ]
+            ],
+            [result_table],
+            diag,
+            notes,
         )
-        write_readme_section("bench_local", body)
     return 0
 
 

@@ -50,13 +50,12 @@ from _common import (
     load_text,
     machine_facts,
     median,
-    now_text,
     print_report,
     revision,
     table,
     verdict,
     wait_for_idle,
-    write_readme_section,
+    write_report,
 )
 from bench_slurm import Login, Raw
 
@@ -283,26 +282,20 @@ def parent(opts: argparse.Namespace) -> int:
         cmd = " ".join(
             ["python benchmarks/bench_memory.py", *(["--quick"] * opts.quick), "--write"]
         )
-        body = "\n".join(
+        write_report(
+            "bench_memory",
+            "Client memory of a 10,000-call map on SLURM",
             [
-                f"### Client memory of a 10,000-call map on SLURM — {now_text()}",
-                "",
                 f"Machine (sshd, slurmctld, slurmd and the client all on it): {machine_facts()}",
-                "",
                 f"Code: {code}. Run: `{cmd}` ({rounds} round(s) of the five processes, "
                 f"interleaved; medians). Cluster: single-node SLURM 22.05 on this machine over "
                 f"{login.user}@{login.host}:{login.port}. Before the run: {load_before}; "
                 f"after: {load_text()}.",
-                "",
-                result_table,
-                "",
-                "Diagnostics:",
-                "",
-                *[f"- {line}" for line in diag],
-                *([""] + [f"**Note:** {n}" for n in notes] if notes else []),
-            ]
+            ],
+            [result_table],
+            diag,
+            notes,
         )
-        write_readme_section("bench_memory", body)
     complete = all(runs[c.key] for c in CASES)
     return 0 if complete else 1
 

@@ -53,12 +53,11 @@ from _common import (
     local_cluster_jobs,
     machine_facts,
     median,
-    now_text,
     print_report,
     revision,
     table,
     wait_for_idle,
-    write_readme_section,
+    write_report,
 )
 from bench_slurm import Login
 from bench_wan import os_release
@@ -434,29 +433,23 @@ def main() -> int:
         cmd = " ".join(
             ["python benchmarks/bench_peers.py", *(["--quick"] if opts.quick else []), "--write"]
         )
-        body = "\n".join(
+        write_report(
+            "bench_peers",
+            title,
             [
-                f"### {title} — {now_text()}",
-                "",
                 f"Machine (slurmctld, slurmd, sshd and the client all on it): {os_release()}; "
                 f"{machine_facts()}",
-                "",
                 f"Code: {code}; submitit {submitit.__version__}, dask-jobqueue "
                 f"{dask_jobqueue.__version__}, distributed {distributed.__version__}. Run: "
                 f"`{cmd}`. clustrix: SLURM on this host (as the peers: sbatch here, job files "
                 f"in a local directory) and, in brackets, over SSH to {run.login.user}@"
                 f"{run.login.host}:{run.login.port}. Before the run: {load_before}; after: "
                 f"{load_text()}.",
-                "",
-                result_table,
-                "",
-                "Diagnostics:",
-                "",
-                *[f"- {line}" for line in diag],
-                *([""] + [f"**Note:** {n}" for n in run.notes] if run.notes else []),
-            ]
+            ],
+            [result_table],
+            diag,
+            run.notes,
         )
-        write_readme_section("bench_peers", body)
     return 0
 
 

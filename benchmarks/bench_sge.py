@@ -39,13 +39,12 @@ from _common import (
     load_text,
     machine_facts,
     median,
-    now_text,
     print_report,
     revision,
     table,
     verdict,
     wait_for_idle,
-    write_readme_section,
+    write_report,
 )
 from bench_slurm import Login
 
@@ -394,31 +393,22 @@ def main() -> int:
     if opts.write:
         flags = ["--quick"] if opts.quick else []
         cmd = " ".join(["python benchmarks/bench_sge.py", *flags, "--write"])
-        body = "\n".join(
+        write_report(
+            "bench_sge",
+            title,
             [
-                f"### {title} — {now_text()}",
-                "",
                 f"Machine (sshd, sge_qmaster, sge_execd and the client all on it): "
                 f"{machine_facts()}",
-                "",
                 f"Code: {code}. Run: `{cmd}`. Cluster: single-host Grid Engine 8.1.9 (Debian "
                 f"12), queue all.q with 16 slots, scheduler every second, on this machine over "
                 f"{login.user}@{login.host}:{login.port}. Before the run: {load_before}; "
                 f"after: {load_text()}.",
-                "",
-                result_table,
-                "",
-                "Diagnostics:",
-                "",
-                *[f"- {line}" for line in diag],
-                *(
-                    [""] + [f"**Note:** {n}" for n in notes]
-                    if notes
-                    else ["", "Every part started with an idle Grid Engine (no foreign jobs)."]
-                ),
-            ]
+            ],
+            [result_table],
+            diag,
+            notes,
+            quiet="Every part started with an idle Grid Engine (no foreign jobs).",
         )
-        write_readme_section("bench_sge", body)
     return 0
 
 

@@ -43,13 +43,12 @@ from _common import (
     load_text,
     machine_facts,
     median,
-    now_text,
     print_report,
     revision,
     table,
     verdict,
     wait_for_idle,
-    write_readme_section,
+    write_report,
 )
 
 from clustrix import ClusterConfig, ClusterExecutor
@@ -618,29 +617,20 @@ def main() -> int:
     if opts.write:
         flags = [f for f, on in (("--quick", opts.quick), ("--floor", opts.floor)) if on]
         cmd = " ".join(["python benchmarks/bench_slurm.py", *flags, "--write"])
-        body = "\n".join(
+        write_report(
+            "bench_slurm",
+            "SLURM over SSH vs raw sbatch",
             [
-                f"### SLURM over SSH vs raw sbatch — {now_text()}",
-                "",
                 f"Machine (sshd, slurmctld, slurmd and the client all on it): {machine_facts()}",
-                "",
                 f"Code: {code}. Run: `{cmd}`. Cluster: single-node SLURM 22.05 on this "
                 f"machine over {login.user}@{login.host}:{login.port}. Before the run: "
                 f"{load_before}; after: {load_text()}.",
-                "",
-                result_table,
-                "",
-                "Diagnostics:",
-                "",
-                *[f"- {line}" for line in diag],
-                *(
-                    [""] + [f"**Note:** {n}" for n in notes]
-                    if notes
-                    else ["", "Every part started with an idle cluster (no foreign jobs)."]
-                ),
-            ]
+            ],
+            [result_table],
+            diag,
+            notes,
+            quiet="Every part started with an idle cluster (no foreign jobs).",
         )
-        write_readme_section("bench_slurm", body)
     return 0
 
 

@@ -60,13 +60,12 @@ from _common import (
     local_cluster_jobs,
     machine_facts,
     median,
-    now_text,
     print_report,
     revision,
     table,
     verdict,
     wait_for_idle,
-    write_readme_section,
+    write_report,
 )
 from bench_slurm import UNFINISHED, EngineProbe, Login, stage_times
 from latency_proxy import ProxyProcess, read_totals
@@ -970,37 +969,28 @@ def main() -> int:
         cmd = " ".join(
             ["python benchmarks/bench_wan.py", *(["--quick"] if opts.quick else []), "--write"]
         )
-        body = "\n".join(
+        write_report(
+            "bench_wan",
+            title,
             [
-                f"### {title} — {now_text()}",
-                "",
                 f"Machine (sshd, slurmctld, slurmd, the proxy and the client all on it, "
                 f"over loopback + the proxy): {os_release()}; {machine_facts()}",
-                "",
                 f"Code: {code}. Run: `{cmd}`. Link: `benchmarks/latency_proxy.py`, "
                 f"{opts.delay_ms:g} ms each way, in front of {bench.login.user}@"
                 f"{bench.login.host}:{bench.login.port} (single-node SLURM 22.05 on this "
                 f"machine). Before the run: {load_before}; after: {load_text()}.",
-                "",
+            ],
+            [
                 result_table,
-                "",
                 "Round trips per operation (wire turns: client-to-server flights counted by "
                 "the proxy, i.e. round trips on the critical path; a command on a new SSH "
                 "channel costs 2):",
-                "",
                 trips_table,
-                "",
-                "Diagnostics:",
-                "",
-                *[f"- {line}" for line in diag],
-                *(
-                    [""] + [f"**Note:** {n}" for n in bench.notes]
-                    if bench.notes
-                    else ["", "Every part started with an idle cluster (no foreign jobs)."]
-                ),
-            ]
+            ],
+            diag,
+            bench.notes,
+            quiet="Every part started with an idle cluster (no foreign jobs).",
         )
-        write_readme_section("bench_wan", body)
     return 0
 
 
