@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 README = Path(__file__).resolve().parent / "README.md"
 #: An idle window is waited for this long at most, polling every IDLE_POLL_S.
@@ -173,6 +174,81 @@ def print_report(
         print(f"- {line}")
     for note in notes:
         print(f"NOTE: {note}")
+
+
+def delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
+    """What changed between two ``executor.stats()``."""
+    return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
+
+
+def commands_row(
+    maps: Sequence[dict[str, int]], *, submit: str, status: str, status_label: str
+) -> Row:
+    """(d): the commands during part (b)'s maps (``delta`` of ``ex.stats()`` each), with the
+    check that a poll cycle asks the scheduler (``commands.<status>``) at most once: a
+    cycle the poll budget has no query for only lists the job dirs (``commands.poll``)."""
+    ok = all(
+        m.get(f"commands.{status}", 0) + m.get("commands.poll", 0) == m.get("poll_cycles", 0)
+        and m.get(f"commands.{status}", 0) > 0
+        for m in maps
+    )
+    first = maps[0]
+    others = ", ".join(
+        f"{k.removeprefix('commands.')} {v}"
+        for k, v in sorted(first.items())
+        if k.startswith("commands.")
+        and k not in (f"commands.{status}", f"commands.{submit}", "commands.poll")
+    )
+    return Row(
+        f"(d) commands during (b) (first of {len(maps)} maps; the check: all)",
+        f"{submit} {first.get(f'commands.{submit}', 0)}, {status_label} "
+        f"{first.get(f'commands.{status}', 0)}, poll cycles {first.get('poll_cycles', 0)} "
+        f"({first.get('commands.poll', 0)} listing only)"
+        + (f"; other: {others}" if others else ""),
+        "",
+        "",
+        f"one {status_label} at most per poll cycle",
+        verdict(ok),
+    )
+
+
+def default_map_part(
+    ex: Any,
+    fn: Callable[[Any], Any],
+    n: int,
+    repeats: int,
+    idle: Callable[[str], None],
+    *,
+    submit: str,
+    target_s: float,
+) -> tuple[Row, str]:
+    """(c): ``list(ex.map(fn, range(n)))`` with the default chunking, ``repeats`` times
+    (``fn`` returns its argument; each run after ``idle``): its row and a diagnostic."""
+    times: list[float] = []
+    stats: dict[str, int] = {}
+    for _ in range(repeats):
+        idle("(c)")
+        before = ex.stats()
+        t = time.perf_counter()
+        results = list(ex.map(fn, range(n)))
+        times.append(time.perf_counter() - t)
+        stats = delta(ex.stats(), before)
+        assert results == list(range(n))
+    slots = ex._engine.slots(ex.config.resources())
+    row = Row(
+        f"(c) map {n} no-op calls, default chunking ({slots} slots; median of {repeats})",
+        fmt_s(median(times)),
+        "",
+        "",
+        f"< {target_s:g} s",
+        verdict(median(times) < target_s),
+    )
+    diagnostic = (
+        f"(c) one default-chunked map: {stats.get(f'commands.{submit}', 0)} {submit}, "
+        f"{stats.get('poll_cycles', 0)} poll cycles; all runs: "
+        + ", ".join(fmt_s(x) for x in times)
+    )
+    return row, diagnostic
 
 
 def write_report(

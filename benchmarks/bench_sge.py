@@ -34,6 +34,9 @@ from typing import Any, TypeVar
 import asyncssh
 from _common import (
     Row,
+    commands_row,
+    default_map_part,
+    delta,
     fmt_ratio,
     fmt_s,
     load_text,
@@ -191,10 +194,6 @@ class RawSge:
         self.loop.close()
 
 
-def delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
-    return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer samples, 200-call arrays")
@@ -325,61 +324,17 @@ def main() -> int:
                     fmt_ratio(cx_m / raw_m) if raw_m else "",
                 )
             )
-        # a cycle asks qstat, or (the poll budget spent) only lists the job dirs: "poll"
-        ok = all(
-            s.get("commands.sh", 0) + s.get("commands.poll", 0) == s.get("poll_cycles", -1)
-            and s.get("commands.sh", 0) > 0
-            for s in b_stats
-        )
-        first = b_stats[0]
-        others = ", ".join(
-            f"{k.removeprefix('commands.')} {v}"
-            for k, v in sorted(first.items())
-            if k.startswith("commands.")
-            and k not in ("commands.sh", "commands.qsub", "commands.poll")
-        )
         rows.append(
-            Row(
-                f"(d) commands during (b) (first of {len(b_stats)} maps; the check: all)",
-                f"qsub {first.get('commands.qsub', 0)}, status script (sh) "
-                f"{first.get('commands.sh', 0)}, poll cycles {first.get('poll_cycles', 0)} "
-                f"({first.get('commands.poll', 0)} listing only)"
-                + (f"; other: {others}" if others else ""),
-                "",
-                "",
-                "one status command at most per poll cycle",
-                verdict(ok),
-            )
+            commands_row(b_stats, submit="qsub", status="sh", status_label="status script (sh)")
         )
         print(rows[-1])
 
         # ------------------------------------------------------------------ (c)
-        c_times: list[float] = []
-        c_stats: dict[str, int] = {}
-        for _ in range(repeats):
-            idle("(c)")
-            before = ex.stats()
-            t = time.perf_counter()
-            assert list(ex.map(noop, range(n_map))) == list(range(n_map))
-            c_times.append(time.perf_counter() - t)
-            c_stats = delta(ex.stats(), before)
-        slots = ex._engine.slots(ex.config.resources())
-        rows.append(
-            Row(
-                f"(c) map {n_map} no-op calls, default chunking ({slots} slots; median of "
-                f"{repeats})",
-                fmt_s(median(c_times)),
-                "",
-                "",
-                f"< {TARGET_DEFAULT_S:g} s",
-                verdict(median(c_times) < TARGET_DEFAULT_S),
-            )
+        row, line = default_map_part(
+            ex, noop, n_map, repeats, idle, submit="qsub", target_s=TARGET_DEFAULT_S
         )
-        diag.append(
-            f"(c) one default-chunked map: {c_stats.get('commands.qsub', 0)} qsub, "
-            f"{c_stats.get('poll_cycles', 0)} poll cycles; all runs: "
-            + ", ".join(fmt_s(x) for x in c_times)
-        )
+        rows.append(row)
+        diag.append(line)
         print(rows[-1])
     finally:
         if ex is not None:

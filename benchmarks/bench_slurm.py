@@ -38,6 +38,9 @@ from typing import Any, TypeVar
 import asyncssh
 from _common import (
     Row,
+    commands_row,
+    default_map_part,
+    delta,
     fmt_ratio,
     fmt_s,
     load_text,
@@ -358,10 +361,6 @@ def python_floor(raw: Raw, n: int, python: str) -> list[str]:
     ]
 
 
-def delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
-    return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer samples, 200-call arrays")
@@ -543,63 +542,15 @@ def main() -> int:
             )
 
         # ------------------------------------------------------------------ (d)
-        # a cycle asks squeue, or (the poll budget spent) only lists the job dirs: "poll"
-        one_per_cycle = all(
-            st.get("commands.squeue", 0) + st.get("commands.poll", 0) == st.get("poll_cycles", 0)
-            and st.get("commands.squeue", 0) > 0
-            for st in b_stats
-        )
-        stats = b_stats[0]
-        squeues, polls = stats.get("commands.squeue", 0), stats.get("poll_cycles", 0)
-        others = ", ".join(
-            f"{k.removeprefix('commands.')} {v}"
-            for k, v in sorted(stats.items())
-            if k.startswith("commands.")
-            and k not in ("commands.squeue", "commands.sbatch", "commands.poll")
-        )
-        rows.append(
-            Row(
-                f"(d) commands during (b) (first of {len(b_stats)} maps; the check: all)",
-                f"sbatch {stats.get('commands.sbatch', 0)}, squeue {squeues}, poll cycles "
-                f"{polls} ({stats.get('commands.poll', 0)} listing only)"
-                + (f"; other: {others}" if others else ""),
-                "",
-                "",
-                "one squeue at most per poll cycle",
-                verdict(one_per_cycle),
-            )
-        )
+        rows.append(commands_row(b_stats, submit="sbatch", status="squeue", status_label="squeue"))
         print(rows[-1])
 
         # ------------------------------------------------------------------ (c)
-        c_times: list[float] = []
-        c_stats: dict[str, int] = {}
-        for _ in range(repeats_default):
-            idle("(c)")
-            before = ex.stats()
-            t = time.perf_counter()
-            results = list(ex.map(noop, range(n_default)))
-            c_times.append(time.perf_counter() - t)
-            c_stats = delta(ex.stats(), before)
-            assert results == list(range(n_default))
-        c_cx = median(c_times)
-        slots = ex._engine.slots(ex.config.resources()) if hasattr(ex, "_engine") else None
-        rows.append(
-            Row(
-                f"(c) map {n_default} no-op calls, default chunking ({slots} slots; "
-                f"median of {repeats_default})",
-                fmt_s(c_cx),
-                "",
-                "",
-                f"< {TARGET_DEFAULT_S:g} s",
-                verdict(c_cx < TARGET_DEFAULT_S),
-            )
+        row, line = default_map_part(
+            ex, noop, n_default, repeats_default, idle, submit="sbatch", target_s=TARGET_DEFAULT_S
         )
-        diag.append(
-            f"(c) one default-chunked map: {c_stats.get('commands.sbatch', 0)} sbatch, "
-            f"{c_stats.get('poll_cycles', 0)} poll cycles; all runs: "
-            + ", ".join(fmt_s(x) for x in c_times)
-        )
+        rows.append(row)
+        diag.append(line)
         print(rows[-1])
 
         if opts.floor:

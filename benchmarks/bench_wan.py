@@ -54,6 +54,7 @@ from typing import Any, TypeVar
 
 from _common import (
     Row,
+    delta,
     fmt_ratio,
     fmt_s,
     load_text,
@@ -200,10 +201,6 @@ def timeline(ops: list[Op], t0: float, t1: float) -> str:
     if t1 - at > 0.02:
         parts.append(f"(to the result {fmt_s(t1 - at)})")
     return " → ".join(parts)
-
-
-def delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
-    return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
 
 
 def stats_text(stats: dict[str, int]) -> str:
