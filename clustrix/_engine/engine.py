@@ -161,7 +161,10 @@ class Engine:
         else:  # a backend without a one-command discovery (or none at all)
             await self.scheduler.discover(core.run_scheduler_command)
         if not layout.runtime_ok:
-            bundle = await building if building is not None else worker_bundle()
+            if cached is not None:  # read before the connection: not read again
+                bundle = cached
+            else:
+                bundle = await building if building is not None else worker_bundle()
             await self.environment.upload_runtime(bundle.data)
         remember_runtime(*seen)
         if core.max_workers is None:  # a backend without a queue caps how many run at once
