@@ -13,7 +13,6 @@ when the user's code does (it needs pydantic and pydantic-settings).
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 import re
@@ -34,6 +33,7 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from ._config_errors import format_validation_error, suggest
 from ._config_file import read_config_file
 from ._ssh_spec import parse_jump_hosts
 from ._wire import CHECKPOINT_SIGNAL_ENV
@@ -435,7 +435,7 @@ def config_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
             continue  # the test suite's own settings (where the test cluster is)
         name, _, key = var[len(ENV_PREFIX) :].lower().partition("__")
         if name not in fields:
-            hint = _suggest(name, fields)
+            hint = suggest(name, fields)
             raise ConfigError(
                 f"environment variable {var} names no config field{hint}; "
                 f"unset it or use CLUSTRIX_<FIELD> with a field of ClusterConfig"
@@ -458,14 +458,6 @@ def config_from_env(environ: Mapping[str, str]) -> dict[str, Any]:
     return data
 
 
-def _suggest(name: str, choices: Mapping[str, Any] | tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-_SECRET_FIELDS = {"password", "key_passphrase"}
-
-
 def build(model: type[_M], data: Mapping[str, Any]) -> _M:
     """Validate ``data`` into ``model``, turning pydantic's error into a :class:`ConfigError`.
 
@@ -478,23 +470,3 @@ def build(model: type[_M], data: Mapping[str, Any]) -> _M:
         return model.model_validate(dict(data))
     except ValidationError as exc:
         raise ConfigError(format_validation_error(model, exc)) from None
-
-
-def format_validation_error(model: type[BaseModel], exc: ValidationError) -> str:
-    """One line per problem: field, value given, what is wrong and what is allowed."""
-    lines = [f"invalid {model.__name__}:"]
-    for err in exc.errors():
-        field = ".".join(str(part) for part in err["loc"]) or "(root)"
-        if err["type"] == "extra_forbidden":
-            hint = _suggest(str(err["loc"][0]), model.model_fields)
-            lines.append(
-                f"  {field}: unknown field{hint}; allowed: {', '.join(model.model_fields)}"
-            )
-            continue
-        message = err["msg"].removeprefix("Value error, ")
-        if not err["loc"]:  # a rule across fields: the input is the whole config, not shown
-            lines.append(f"  {message}")
-            continue
-        shown = "***" if err["loc"][0] in _SECRET_FIELDS else repr(err.get("input"))
-        lines.append(f"  {field}: {message} (got {shown})")
-    return "\n".join(lines)
