@@ -5,6 +5,9 @@ The executor and the filesystem façade both build from here, so neither imports
 
 from __future__ import annotations
 
+import logging
+from typing import Any
+
 from pydantic import SecretStr
 
 from .backends import check_cluster_type, registered_backends
@@ -15,6 +18,8 @@ from .transports._ssh_prompt import AuthPrompt
 from .transports.base import Transport
 
 __all__ = ["make_scheduler", "make_transport"]
+
+logger = logging.getLogger("clustrix")
 
 
 def make_scheduler(config: ClusterConfig) -> Scheduler:
@@ -45,23 +50,35 @@ def make_transport(config: ClusterConfig, *, auth_prompt: AuthPrompt | None = No
         from .transports.local import LocalTransport
 
         return LocalTransport()
-    from .transports.ssh import SSHTransport
+    options: dict[str, Any] = {
+        "host": config.cluster_host,
+        "port": config.cluster_port,
+        "username": config.username,
+        "key_file": config.key_file,
+        "password": _secret(config.password),
+        "known_hosts": config.known_hosts,
+        "strict_host_key_checking": config.strict_host_key_checking,
+        "connect_timeout_s": config.connect_timeout_s,
+        "command_timeout_s": config.command_timeout_s,
+        "key_passphrase": _secret(config.key_passphrase),
+        "jump_host": config.jump_host,
+        "keyring_service": config.keyring_service,
+    }
+    if config.connection_persist_s > 0:
+        from .transports.shared import shared_transport
 
-    return SSHTransport(
-        host=config.cluster_host,
-        port=config.cluster_port,
-        username=config.username,
-        key_file=config.key_file,
-        password=_secret(config.password),
-        known_hosts=config.known_hosts,
-        strict_host_key_checking=config.strict_host_key_checking,
-        connect_timeout_s=config.connect_timeout_s,
-        command_timeout_s=config.command_timeout_s,
-        key_passphrase=_secret(config.key_passphrase),
-        jump_host=config.jump_host,
-        keyring_service=config.keyring_service,
-        auth_prompt=auth_prompt,
-    )
+        shared = shared_transport(
+            options, persist_s=config.connection_persist_s, auth_prompt=auth_prompt
+        )
+        if shared is not None:
+            return shared
+        logger.warning(
+            "connection_persist_s: no private directory for a shared connection on this "
+            "machine; connecting without one"
+        )
+    from .transports.ssh import SSHTransport  # asyncssh: imported only where it is used
+
+    return SSHTransport(**options, auth_prompt=auth_prompt)
 
 
 def _secret(value: SecretStr | None) -> str | None:

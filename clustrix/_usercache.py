@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-__all__ = ["cache_dir", "prune", "read_private", "write_private"]
+__all__ = ["cache_dir", "cache_path", "private_dir", "prune", "read_private", "write_private"]
 
 
 def _base() -> Path:
@@ -38,17 +38,28 @@ def _private_dir(path: Path, uid: int) -> bool:
     return True
 
 
+def cache_path(name: str) -> Path:
+    """Where the cache subdirectory ``name`` is (see :func:`cache_dir`), not made here."""
+    return _base() / "clustrix" / name
+
+
 def cache_dir(name: str) -> Path | None:
     """The cache subdirectory ``name``, created if missing; None if it is not private
     (or cannot be made): then there is no cache."""
+    path = cache_path(name)
+    return private_dir(path, path.parent)
+
+
+def private_dir(path: Path, top: Path | None = None) -> Path | None:
+    """``path``, created 0700 if missing (with its parents), if it and ``top`` (one of its
+    parents, made here too) are directories of the user's that nobody else may write;
+    else None."""
     if not hasattr(os, "geteuid"):
         return None
     uid = os.geteuid()
-    top = _base() / "clustrix"
-    path = top / name
     try:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if _private_dir(top, uid) and _private_dir(path, uid):
+        if (top is None or _private_dir(top, uid)) and _private_dir(path, uid):
             return path
     except OSError:
         pass

@@ -188,6 +188,13 @@ class ClusterConfig(Resources, BaseSettings):
     )
     connect_timeout_s: float = Field(15.0, gt=0, description="Timeout of one SSH connect.")
     command_timeout_s: float = Field(120.0, gt=0, description="Timeout of one remote command.")
+    connection_persist_s: float = Field(
+        0.0,
+        ge=0,
+        description="Keep the SSH connection this many seconds after its last executor "
+        "closes, shared by every process of yours reaching the cluster the same way (as "
+        "OpenSSH's ControlPersist): a new process then needs no login. 0: no sharing.",
+    )
 
     remote_work_dir: str = Field(
         "~/.clustrix", description="Directory on the cluster for job files ('~' = home)."
