@@ -26,6 +26,9 @@ for an idle cluster:
     more without the proxy (the difference is what the link costs); vs the raw cold start,
     a fresh ``ssh`` whose one command runs ``sbatch``, ``squeue`` every 50 ms on the
     cluster until the job is gone, and ``cat`` (each sample after a random 0-1 s pause).
+    And with ``connection_persist_s`` (the shared connection started by an earlier
+    process, work dir there) vs the same raw command through an OpenSSH master that an
+    earlier command left (``ControlPersist``): no login on either side.
 
 Round trips per operation: ``executor.stats()`` (commands by program, poll cycles), the
 transport's SFTP operations, and the proxy's count of client-to-server flights ("turns").
@@ -34,6 +37,7 @@ transport's SFTP operations, and the proxy's count of client-to-server flights (
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import posixpath
@@ -41,6 +45,7 @@ import random
 import secrets
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -73,6 +78,7 @@ from latency_proxy import ProxyProcess, read_totals
 
 from clustrix import ClusterConfig, ClusterExecutor
 from clustrix._engine import engine as engine_module
+from clustrix.transports.shared import SharedSSHTransport
 from clustrix.transports.ssh import SSHTransport
 
 T = TypeVar("T")
@@ -89,7 +95,7 @@ TARGET_COLD_S = 1.0
 ARRAY_POLL_S = 0.05  # the raw array loop's pause between two squeue
 RESULT_TAG = "BENCH-WAN-RESULT "
 CHILD_TIMEOUT_S = 300
-#: SSHTransport methods timed (class-wide, so a child's transport is seen from its dial on).
+#: Transport methods timed (class-wide, so a child's transport is seen from its dial on).
 TRANSPORT_OPS = ("connect", "run", "home", "read_bytes", "write_bytes", "read_tail", "stat")
 
 
@@ -137,14 +143,17 @@ def command_label(argv: list[str]) -> str:
 
 
 def record_transport_ops() -> list[Op]:
-    """Time every call of :data:`TRANSPORT_OPS` on every SSHTransport of this process, and
-    the build of the worker runtime zip (private names: for the diagnostics only)."""
+    """Time every call of :data:`TRANSPORT_OPS` on every SSH transport (own or shared) of
+    this process, and the build of the worker runtime zip (private names: for the
+    diagnostics only)."""
     ops: list[Op] = []
-    for name in TRANSPORT_OPS:
-        original = getattr(SSHTransport, name)
+    for cls, name in [
+        (cls, name) for cls in (SSHTransport, SharedSSHTransport) for name in TRANSPORT_OPS
+    ]:
+        original = getattr(cls, name)
 
         def timed(original: Any = original, name: str = name) -> Any:
-            async def call(self: SSHTransport, *args: Any, **kwargs: Any) -> Any:
+            async def call(self: Any, *args: Any, **kwargs: Any) -> Any:
                 t = time.perf_counter()
                 try:
                     return await original(self, *args, **kwargs)
@@ -159,7 +168,7 @@ def record_transport_ops() -> list[Op]:
 
             return call
 
-        setattr(SSHTransport, name, timed())
+        setattr(cls, name, timed())
     # the worker runtime zip, built (CPU) once per process when an engine starts
     build: Callable[[], Any] | None = getattr(engine_module, "worker_bundle", None)
     if build is not None:
@@ -350,9 +359,12 @@ def job_span(run: Callable[[str], str], job_id: str) -> tuple[float, float] | No
 
 
 # ------------------------------------------------------------------ cold start: a child
-def wan_config(login: Login, port: int, known_hosts: str, work_dir: str) -> ClusterConfig:
+def wan_config(
+    login: Login, port: int, known_hosts: str, work_dir: str, persist_s: float = 0.0
+) -> ClusterConfig:
     """SLURM over SSH to ``port`` (the proxy, or the sshd itself); defaults otherwise."""
     return ClusterConfig(
+        connection_persist_s=persist_s,
         cluster_type="slurm",
         cluster_host=login.host,
         cluster_port=port,
@@ -363,11 +375,13 @@ def wan_config(login: Login, port: int, known_hosts: str, work_dir: str) -> Clus
     )
 
 
-def child(port: int, control: int, known_hosts: str, work_dir: str, second: bool) -> dict[str, Any]:
+def child(
+    port: int, control: int, known_hosts: str, work_dir: str, second: bool, persist_s: float
+) -> dict[str, Any]:
     """A fresh process: build an executor, get one result; with ``second``, then build
     another one in this process (its runtime zip is built already) and do the same."""
     ops = record_transport_ops()
-    config = wan_config(Login.from_env(), port, known_hosts, work_dir)
+    config = wan_config(Login.from_env(), port, known_hosts, work_dir, persist_s)
 
     def turns() -> int:
         return read_totals(control).turns if control else 0
@@ -379,9 +393,11 @@ def child(port: int, control: int, known_hosts: str, work_dir: str, second: bool
         assert ex.submit(noop, 1).result() == 1
         t1, turns1 = time.perf_counter(), turns()
         stats = ex.stats()
+        shared_pid = getattr(ex._engine.transport, "server_pid", None)
         ex.shutdown(wait=True)
         mine = ops_between(ops, t0, t1)
         return {
+            "shared_pid": shared_pid,
             "built_s": t_built - t0,
             "first_s": t1 - t0,
             "turns_built": turns_built - turns0,
@@ -403,12 +419,16 @@ def child(port: int, control: int, known_hosts: str, work_dir: str, second: bool
 
 
 def run_child(
-    port: int, control: int, known_hosts: str, work_dir: str, second: bool = False
+    port: int,
+    control: int,
+    known_hosts: str,
+    work_dir: str,
+    second: bool = False,
+    persist_s: float = 0.0,
 ) -> list[dict[str, Any]]:
     argv = [sys.executable, __file__, "--child", "--port", str(port), "--control", str(control)]
-    argv += ["--known-hosts", known_hosts, "--work-dir", work_dir] + (
-        ["--second"] if second else []
-    )
+    argv += ["--known-hosts", known_hosts, "--work-dir", work_dir, "--persist", str(persist_s)]
+    argv += ["--second"] if second else []
     done = subprocess.run(argv, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
     for line in done.stdout.splitlines():
         if line.startswith(RESULT_TAG):
@@ -485,6 +505,7 @@ class Bench:
         )
         self.ops = record_transport_ops()
         self.ex: ClusterExecutor | None = None
+        self.shared_pid: int | None = None
         self.notes: list[str] = []
 
     def idle(self, part: str) -> None:
@@ -541,6 +562,7 @@ class Bench:
 
     def close(self) -> None:
         try:
+            self.stop_shared()
             if self.ex is not None:
                 self.ex.shutdown(wait=True, cancel_futures=True)
             self.mux.close()
@@ -550,7 +572,13 @@ class Bench:
 
     # -------------------------------------------------------------- (4) cold start
     def child_runs(
-        self, port: int, control: int, known_hosts: str, work_dir: str, second: bool = False
+        self,
+        port: int,
+        control: int,
+        known_hosts: str,
+        work_dir: str,
+        second: bool = False,
+        persist_s: float = 0.0,
     ) -> list[dict[str, Any]]:
         """:func:`run_child`, again (up to 3 times) if it failed or the sshd restarted
         (someone's test takes the shared sshd down for a few seconds now and then)."""
@@ -558,7 +586,7 @@ class Bench:
             wait_for_sshd(self.login)
             epoch = self.epoch(connections=False)
             try:
-                runs = run_child(port, control, known_hosts, work_dir, second)
+                runs = run_child(port, control, known_hosts, work_dir, second, persist_s)
             except RuntimeError as exc:
                 if attempt == 2:
                     raise
@@ -574,9 +602,12 @@ class Bench:
         second: list[dict[str, Any]] = []
         again: list[dict[str, Any]] = []
         direct: list[dict[str, Any]] = []
+        shared: list[dict[str, Any]] = []
         floor = Measured()
         raw = Measured()
+        raw_master = Measured()
         plain_ssh = ["ssh", *self.mux.plain, "-o", "ControlMaster=no", "-o", "ControlPath=none"]
+        master_ssh = ["ssh", *self.mux.options, "-o", "ControlMaster=no"]
         port, control, known = self.proxy.port, self.proxy.control_port, self.known_hosts
         # a random 0-1 s pause before each sample: slurmctld starts jobs on a 1 s tick, and
         # samples one after another at steady intervals would all meet it at one phase
@@ -587,6 +618,10 @@ class Bench:
             self.idle("(4)")
             time.sleep(rng.random())
 
+        # the shared connection, started by a process before the samples (as the master of
+        # the raw side was); stopped when this part ends
+        warm = self.child_runs(port, control, known, f"{self.mux.scratch}/cold-warm", persist_s=900)
+        self.shared_pid = warm[0]["shared_pid"]
         for i in range(n):
             work = f"{self.mux.scratch}/cold-{i}"
             idle()
@@ -611,22 +646,38 @@ class Bench:
             self.sample(
                 raw, "(4) raw cold start", lambda: self.raw_cold(plain_ssh), connections=False
             )
+            idle()
+            shared.append(self.child_runs(port, control, known, work, persist_s=900)[0])
+            idle()
+            self.sample(
+                raw_master,
+                "(4) raw cold start through the master",
+                lambda: self.raw_cold(master_ssh),
+                connections=False,
+            )
+        if {r["shared_pid"] for r in shared} != {self.shared_pid}:
+            self.notes.append("(4) the shared connection process was started again meanwhile")
+        self.stop_shared()
         kinds = [
             ("new process, new work dir (runtime uploaded)", fresh),
             ("new process, work dir there (a second executor on this host)", again),
             ("second executor in the same process", second),
             ("new process, new work dir, no proxy (port 2222)", direct),
+            ("new process, shared connection there (connection_persist_s), work dir there", shared),
         ]
         for what, runs in kinds:
             first_s = median([r["first_s"] for r in runs])
             built_s = median([r["built_s"] for r in runs])
+            base, base_name = (
+                (raw_master, "raw through a master") if runs is shared else (raw, "raw cold start")
+            )
             rows.append(
                 Row(
                     f"(4) cold start to first result: {what}; of which executor built "
                     f"{fmt_s(built_s)} (median of {len(runs)})",
                     fmt_s(first_s),
-                    f"raw cold start {fmt_s(raw.median)}",
-                    fmt_ratio(first_s / raw.median),
+                    f"{base_name} {fmt_s(base.median)}",
+                    fmt_ratio(first_s / base.median),
                     f"≤ {TARGET_COLD_S:g} s" if runs is not direct else "",
                     verdict(first_s <= TARGET_COLD_S) if runs is not direct else "",
                 )
@@ -639,7 +690,7 @@ class Bench:
                     f"{median([x['turns_built'] for x in runs]):.0f} to built, "
                     f"{median([x['turns_first'] for x in runs]):.0f} to the result | "
                     f"fresh `ssh true`: {floor.turns_text()}; raw cold start: "
-                    f"{raw.turns_text()} |"
+                    f"{(raw_master if runs is shared else raw).turns_text()} |"
                 )
             diag.append(f"(4) {what}, first run: {runs[0]['timeline']}")
             diag.append(
@@ -660,9 +711,23 @@ class Bench:
             )
         )
         print(rows[-1])
+        rows.append(
+            Row(
+                f"(4) raw cold start through an OpenSSH master an earlier command left "
+                f"(ControlPersist; median of {len(raw_master.times)})",
+                fmt_s(raw_master.median),
+                f"raw cold start {fmt_s(raw.median)}",
+                fmt_ratio(raw_master.median / raw.median),
+                f"≤ {TARGET_COLD_S:g} s",
+                verdict(raw_master.median <= TARGET_COLD_S),
+            )
+        )
+        print(rows[-1])
         diag.append(
             "(4) raw cold start, each sample (s): "
             + ", ".join(f"{t:.2f}" for t in raw.times)
+            + "; through the master: "
+            + ", ".join(f"{t:.2f}" for t in raw_master.times)
             + "; fresh `ssh host true` (s): "
             + ", ".join(f"{t:.2f}" for t in floor.times)
         )
@@ -679,6 +744,13 @@ class Bench:
             f"trips of {2 * self.proxy.delay_ms:g} ms; the zip build itself: "
             + ", ".join(fmt_s(r["local_s"]) for r in fresh + direct)
         )
+
+    def stop_shared(self) -> None:
+        """End the shared connection process that part (4) started, if it runs."""
+        if self.shared_pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.shared_pid, signal.SIGTERM)
+            self.shared_pid = None
 
     def raw_cold(self, plain_ssh: list[str]) -> None:
         """The least a cold start to a first result can cost: one fresh login, whose one
@@ -922,9 +994,12 @@ def main() -> int:
     parser.add_argument("--known-hosts", help=argparse.SUPPRESS)
     parser.add_argument("--work-dir", help=argparse.SUPPRESS)
     parser.add_argument("--second", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--persist", type=float, default=0.0, help=argparse.SUPPRESS)
     opts = parser.parse_args()
     if opts.child:
-        runs = child(opts.port, opts.control, opts.known_hosts, opts.work_dir, opts.second)
+        runs = child(
+            opts.port, opts.control, opts.known_hosts, opts.work_dir, opts.second, opts.persist
+        )
         print(RESULT_TAG + json.dumps(runs), flush=True)
         return 0
 
