@@ -22,6 +22,7 @@ import getpass
 import itertools
 import logging
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -41,6 +42,8 @@ logger = logging.getLogger("clustrix.ssh.shared")
 #: The settings of SSHTransport that do not make a login different (secrets: the shared
 #: process logs in with the first client's; another client's are not needed then).
 _NOT_IDENTITY = ("password", "key_passphrase")
+#: How long a starter waits for the process it started to listen (its imports, a bind).
+START_TIMEOUT_S = 30.0
 #: A log of the shared process larger than this is started afresh.
 _MAX_LOG_BYTES = 1 << 20
 
@@ -173,7 +176,12 @@ class SharedSSHTransport(Transport):
         try:
             proc.stdin.write(encode_frame(spec))
             proc.stdin.close()
-            message = read_frame(proc.stdout)
+            # Its answer is one small write: readable means all of it is there.
+            if not select.select([proc.stdout], [], [], START_TIMEOUT_S)[0]:
+                proc.kill()  # if it is still the child that has not detached yet
+                message = ("failed", f"it did not start listening within {START_TIMEOUT_S:g} s")
+            else:
+                message = read_frame(proc.stdout)
         except (EOFError, OSError):
             message = ("failed", f"it exited with status {proc.wait()}")
         finally:
@@ -365,7 +373,12 @@ class _Link:
         future = asyncio.get_running_loop().create_future()
         self._pending[call_id] = future
         try:
-            await self._send(("call", call_id, op, args, kwargs))
+            try:
+                await self._send(("call", call_id, op, args, kwargs))
+            except OSError as exc:  # it went away between two calls
+                raise ConnectionLostError(
+                    f"the shared SSH connection process has gone ({exc})"
+                ) from None
             ok, value = await future
         except asyncio.CancelledError:
             if self.alive:  # a whole frame in one write: no need to wait for the lock

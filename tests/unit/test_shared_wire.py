@@ -146,3 +146,20 @@ def test_an_error_that_cannot_travel_comes_as_a_transport_error_naming_it() -> N
     assert isinstance(_shared_server._portable(FileNotFoundError(2, "gone", "/x")), OSError)
     portable = _shared_server._portable(_Unpicklable())
     assert isinstance(portable, TransportError) and "_Unpicklable: no" in str(portable)
+
+
+def test_a_shared_process_that_cannot_start_says_why_and_where_its_log_is() -> None:
+    # An option SSHTransport refuses: the shared process fails before it listens.
+    transport = shared_transport({**IDENTITY, "jump_host": "a b"}, persist_s=1)
+    assert transport is not None
+
+    async def connect() -> None:
+        await transport.connect()
+
+    with pytest.raises(TransportError) as caught:
+        asyncio.run(connect())
+    message = str(caught.value)
+    assert "could not start the shared SSH connection process" in message
+    assert "jump_host 'a b'" in message and str(transport._place.log) in message
+    assert "connection_persist_s=0" in message
+    assert not transport._place.socket.exists()
