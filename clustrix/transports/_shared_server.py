@@ -194,8 +194,10 @@ class _Server:
         if op not in OPS:
             raise TransportError(f"the shared connection has no operation {op!r}")
         self._tried = True
-        result = await getattr(self._transport, op)(*args, **kwargs)
-        self._logged_in = True  # any answer means the login worked
+        try:
+            result = await getattr(self._transport, op)(*args, **kwargs)
+        finally:  # a file not found is an answer too: the login worked
+            self._logged_in = self._logged_in or self._transport.connected
         if op == "connect":
             return self._transport.location
         if isinstance(result, FileHandle):

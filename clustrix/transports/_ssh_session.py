@@ -93,6 +93,11 @@ class SSHSession:
         self._sftp: asyncssh.SFTPClient | None = None
         self._home: str | None = None
 
+    @property
+    def connected(self) -> bool:
+        """True while a logged-in connection is open."""
+        return self._conn is not None and not self._conn.is_closed()
+
     async def connection(self) -> asyncssh.SSHClientConnection:
         """The live connection, dialled if needed (reconnects after a drop)."""
         async with self._lock:

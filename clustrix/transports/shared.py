@@ -104,8 +104,11 @@ class SharedSSHTransport(Transport):
     async def _linked(self) -> _Link:
         async with self._lock:
             if self._link is None or not self._link.alive:
+                # Again if the one found was ending as we came (its idle time just over).
                 link = await self._reach()
-                if link is None:
+                for _attempt in range(3):
+                    if link is not None:
+                        break
                     await asyncio.to_thread(self._start_server)
                     link = await self._reach()
                 if link is None:

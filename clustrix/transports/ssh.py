@@ -149,6 +149,11 @@ class SSHTransport(Transport):
     def location(self, value: str) -> None:
         self._session.location = value
 
+    @property
+    def connected(self) -> bool:
+        """True while a logged-in connection is open."""
+        return self._session.connected
+
     async def connect(self) -> None:
         """Open the connection unless one is alive; reconnects after a drop."""
         await self._session.connection()

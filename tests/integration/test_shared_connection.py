@@ -250,6 +250,19 @@ async def test_it_outlives_its_last_client_by_persist_s_then_ends(
 
 
 @pytest.mark.asyncio
+async def test_a_call_that_failed_after_the_login_keeps_it_for_the_next_process(
+    make: Callable[..., SharedSSHTransport],
+) -> None:
+    first = make()
+    with pytest.raises(FileNotFoundError):  # the only call: an error, but the login worked
+        await first.stat(f"missing-{os.urandom(4).hex()}")
+    await first.close()
+    second = make()
+    await second.connect()
+    assert second.server_pid == first.server_pid
+
+
+@pytest.mark.asyncio
 async def test_a_login_that_fails_is_the_callers_error_and_leaves_nothing_running(
     make: Callable[..., SharedSSHTransport], tmp_path: Path
 ) -> None:
