@@ -17,7 +17,7 @@ from .schedulers.base import Scheduler
 from .transports._ssh_prompt import AuthPrompt
 from .transports.base import Transport
 
-__all__ = ["make_scheduler", "make_transport"]
+__all__ = ["make_scheduler", "make_transport", "ssh_options"]
 
 logger = logging.getLogger("clustrix")
 
@@ -50,20 +50,7 @@ def make_transport(config: ClusterConfig, *, auth_prompt: AuthPrompt | None = No
         from .transports.local import LocalTransport
 
         return LocalTransport()
-    options: dict[str, Any] = {
-        "host": config.cluster_host,
-        "port": config.cluster_port,
-        "username": config.username,
-        "key_file": config.key_file,
-        "password": _secret(config.password),
-        "known_hosts": config.known_hosts,
-        "strict_host_key_checking": config.strict_host_key_checking,
-        "connect_timeout_s": config.connect_timeout_s,
-        "command_timeout_s": config.command_timeout_s,
-        "key_passphrase": _secret(config.key_passphrase),
-        "jump_host": config.jump_host,
-        "keyring_service": config.keyring_service,
-    }
+    options = ssh_options(config)
     if config.connection_persist_s > 0:
         from .transports.shared import shared_transport
 
@@ -79,6 +66,24 @@ def make_transport(config: ClusterConfig, *, auth_prompt: AuthPrompt | None = No
     from .transports.ssh import SSHTransport  # asyncssh: imported only where it is used
 
     return SSHTransport(**options, auth_prompt=auth_prompt)
+
+
+def ssh_options(config: ClusterConfig) -> dict[str, Any]:
+    """SSHTransport's keyword arguments for ``config`` (which names a ``cluster_host``)."""
+    return {
+        "host": config.cluster_host,
+        "port": config.cluster_port,
+        "username": config.username,
+        "key_file": config.key_file,
+        "password": _secret(config.password),
+        "known_hosts": config.known_hosts,
+        "strict_host_key_checking": config.strict_host_key_checking,
+        "connect_timeout_s": config.connect_timeout_s,
+        "command_timeout_s": config.command_timeout_s,
+        "key_passphrase": _secret(config.key_passphrase),
+        "jump_host": config.jump_host,
+        "keyring_service": config.keyring_service,
+    }
 
 
 def _secret(value: SecretStr | None) -> str | None:

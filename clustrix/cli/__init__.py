@@ -10,6 +10,7 @@
     clustrix recover [--wait]     what a crashed client left running; --wait collects it
     clustrix ls|du|get|put ...    files on the cluster
     clustrix plan SCRIPT.py:FUNC  what a function would ship and install
+    clustrix disconnect           end the shared connection (connection_persist_s)
     clustrix backends | version
 
 Every command takes ``--config FILE`` (else ``$CLUSTRIX_CONFIG``; ``CLUSTRIX_<FIELD>``
@@ -17,8 +18,8 @@ variables override the file, as in the library) and ``--json``; it exits non-zer
 with a message that says what to do. The job commands read the local job registry (one file
 per submission, see :mod:`clustrix.registry`) and ask the scheduler once per invocation.
 Argparse only; each group of commands lives in its own module (``_jobs``, ``_files``,
-``_check``, ``_info``), on ``_remote`` (connection, registry, the one status round trip) and
-``_output`` (text, JSON, errors).
+``_check``, ``_info``, ``_connection``), on ``_remote`` (connection, registry, the one
+status round trip) and ``_output`` (text, JSON, errors).
 """
 
 from __future__ import annotations
@@ -153,6 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
         "show what a function would ship and install (connects nowhere)",
     )
     plan.add_argument("target", metavar="SCRIPT.py:FUNCTION")
+    command(
+        "disconnect",
+        "end the shared SSH connection that connection_persist_s keeps open",
+        "Like ssh -O exit: the process that holds the login to this cluster for later "
+        "clustrix processes ends now, instead of connection_persist_s after its last "
+        "client; calls still in flight through it fail as on a dropped connection.",
+    )
     command("backends", "list the cluster types this installation has")
     command("version", "print the version")
     return parser
@@ -177,6 +185,10 @@ def _handler(name: str) -> tuple[Handler, bool]:
         from . import _files
 
         return getattr(_files, name), True
+    if name == "disconnect":
+        from ._connection import disconnect
+
+        return disconnect, True
     from . import _info
 
     if name == "plan":

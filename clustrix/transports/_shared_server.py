@@ -6,8 +6,9 @@ listens on the socket of :mod:`._shared_wire` and says so on stdout, then serves
 client's calls on one :class:`~clustrix.transports.ssh.SSHTransport`: the login, the spare
 channels and the SFTP session are shared by every process of the user's.
 
-- A login that needs a person (a passphrase, a one-time code) asks a client that is
-  waiting for a call, through that client's own auth prompt.
+- A login that needs a person (a passphrase, a one-time code) asks the client whose call
+  started it, through that client's own auth prompt; if that one cannot ask (no
+  terminal), the other clients waiting for the login are asked in turn.
 - A client that goes away has its calls cancelled (a command it ran is killed, as a
   cancelled ``run`` does) and its open files closed.
 - It exits ``persist_s`` after its last client left (the longest any client asked for; at
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import functools
 import itertools
 import logging
@@ -45,6 +47,10 @@ logger = logging.getLogger("clustrix.ssh.shared")
 #: How long a process that was just started waits for its starter to connect.
 STARTER_GRACE_S = 10.0
 
+#: The client whose call is being performed, in that call's task and in what it starts (the
+#: login, and the worker thread that runs the auth prompt: both copy the context).
+_CALLER: contextvars.ContextVar[_Client] = contextvars.ContextVar("clustrix_shared_caller")
+
 
 class _Client:
     """One connected clustrix process: its calls in flight, its open files, its questions."""
@@ -63,6 +69,11 @@ class _Client:
     def waiting(self) -> bool:
         """True while a call of this client's is in flight."""
         return bool(self._tasks)
+
+    @property
+    def gone(self) -> bool:
+        """True once this client has left (or is being closed)."""
+        return self._writer.is_closing()
 
     async def serve(self) -> None:
         """Take this client's messages until it goes away."""
@@ -114,6 +125,7 @@ class _Client:
             await self._writer.wait_closed()
 
     async def _call(self, call_id: int, op: str, args: tuple[Any, ...], kwargs: Any) -> None:
+        _CALLER.set(self)  # this task's own context: its login asks this client
         try:
             reply = ("result", call_id, True, await self._server.perform(self, op, args, kwargs))
         except asyncio.CancelledError:
@@ -240,22 +252,32 @@ class _Server:
 
     def _relay_prompt(self, question: str) -> str:
         """The auth prompt of the shared transport (called from a worker thread): asks the
-        client that has waited longest for a call, else the newest."""
+        client whose call started the login, else the others that wait for a call."""
         assert self._loop is not None
         with contextlib.suppress(RuntimeError):
             if asyncio.get_running_loop() is self._loop:  # would wait for itself
                 raise PromptUnavailable("asked on the event loop itself")
-        ok, text = asyncio.run_coroutine_threadsafe(self._ask(question), self._loop).result()
+        caller = _CALLER.get(None)
+        ask = self._ask(question, caller)
+        ok, text = asyncio.run_coroutine_threadsafe(ask, self._loop).result()
         if not ok:
             raise PromptUnavailable(text)
         return text
 
-    async def _ask(self, question: str) -> tuple[bool, str]:
-        waiting = [client for client in self._clients if client.waiting]
-        asked = waiting[0] if waiting else (self._clients[-1] if self._clients else None)
-        if asked is None:
-            return False, "no clustrix process is connected to answer it"
-        return await asked.ask(question)
+    async def _ask(self, question: str, caller: _Client | None) -> tuple[bool, str]:
+        """Ask the caller, then each client that waits for a call (all of them wait for
+        this login), until one can answer."""
+        candidates = [] if caller is None else [caller]
+        candidates += [c for c in self._clients if c.waiting and c is not caller]
+        why = "no clustrix process is connected to answer it"
+        for client in candidates:
+            if client.gone:  # left while the login went on
+                continue
+            ok, text = await client.ask(question)
+            if ok:
+                return ok, text
+            why = text
+        return False, why
 
 
 def _portable(exc: Exception) -> Exception:

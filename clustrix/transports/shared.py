@@ -87,6 +87,8 @@ class SharedSSHTransport(Transport):
         host, port = options["host"], options.get("port")
         where = f"{host}:{port}" if port is not None else host
         self.location = f"{options.get('username') or getpass.getuser()}@{where}"
+        #: The shared process's log (its stderr), for error messages.
+        self.log_path = place.log
         #: The pid of the shared process, once connected to it.
         self.server_pid: int | None = None
         self._link: _Link | None = None
@@ -197,13 +199,18 @@ class SharedSSHTransport(Transport):
             )
         logger.debug("started the shared connection process %d", message[1])
 
-    async def stop_server(self) -> None:
-        """Ask the shared process to end now (its other clients' calls fail as on a drop)."""
-        with contextlib.suppress(ConnectionLostError):
-            link = await self._reach()
-            if link is not None:
+    async def stop_server(self) -> int | None:
+        """Ask the shared process to end now (its other clients' calls fail as on a drop);
+        its pid, or None if none was running."""
+        link = await self._reach()
+        if link is None:
+            return None
+        try:
+            with contextlib.suppress(ConnectionLostError):  # it may close before answering
                 await link.call("stop", (), {})
-                await link.close()
+        finally:
+            await link.close()
+        return self.server_pid
 
     # -- Transport ---------------------------------------------------------------------------
 

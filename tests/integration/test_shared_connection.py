@@ -17,17 +17,21 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_asyncio
+from cliclient import clustrix, write_config
 from clustertools import LoginServers, require_cluster, require_login_servers
 from fakes import wait_until
 
 from clustrix import ClusterExecutor
+from clustrix._factory import ssh_options as config_ssh_options
 from clustrix.errors import CommandTimeoutError, ConnectionLostError, TransportError
+from clustrix.transports._ssh_prompt import PromptUnavailable
 from clustrix.transports.shared import SharedSSHTransport, shared_transport
 
 pytestmark = pytest.mark.cluster
@@ -298,6 +302,41 @@ async def test_a_one_time_code_is_asked_of_the_first_process_only(
 
 
 @pytest.mark.asyncio
+async def test_a_code_the_process_that_started_the_login_cannot_give_is_asked_of_another(
+    make: Callable[..., SharedSSHTransport], servers: LoginServers
+) -> None:
+    """A process with no one at its prompt (a batch job) starts the login; one that waits
+    for the same login and can ask its user answers it, and both calls go through."""
+    other_waits = threading.Event()
+    asked: list[str] = []
+
+    def nobody(question: str) -> str:
+        assert other_waits.wait(timeout=30)
+        asked.append(f"nobody: {question}")
+        raise PromptUnavailable("no terminal")
+
+    def user(question: str) -> str:
+        asked.append(f"user: {question}")
+        return servers.totp()
+
+    batch = make(port=servers.two_factor_port, auth_prompt=nobody)
+    interactive = make(port=servers.two_factor_port, auth_prompt=user)
+    first = asyncio.create_task(batch.run(["echo", "batch"]))
+    await asyncio.to_thread(wait_until, lambda: batch.server_pid is not None, "the link")
+    second = asyncio.create_task(interactive.run(["echo", "interactive"]))
+    await asyncio.to_thread(
+        wait_until, lambda: interactive.server_pid is not None, "the second link"
+    )
+    await asyncio.sleep(0.2)  # its call is in the shared process, waiting for the login
+    other_waits.set()
+    assert (await first).stdout == "batch\n"
+    assert (await second).stdout == "interactive\n"
+    question = f"[clustrix@127.0.0.1:{servers.two_factor_port}] Verification code: "
+    assert asked == [f"nobody: {question}", f"user: {question}"]
+    assert batch.server_pid == interactive.server_pid
+
+
+@pytest.mark.asyncio
 async def test_a_killed_shared_process_fails_the_calls_in_flight_and_the_next_starts_one(
     make: Callable[..., SharedSSHTransport],
 ) -> None:
@@ -346,6 +385,31 @@ async def test_a_cancelled_call_and_a_client_that_leaves_kill_their_commands(
         await asyncio.sleep(0.05)
     else:
         pytest.fail("a command is still running")
+
+
+def test_clustrix_disconnect_ends_the_shared_connection_of_the_config(
+    servers: LoginServers, tmp_path: Path
+) -> None:
+    config = servers.cluster.ssh_config(cluster_type="slurm", connection_persist_s=60)
+    path = write_config(tmp_path / "cluster.yml", config)
+    holder = shared_transport(config_ssh_options(config), persist_s=60)
+    assert holder is not None
+
+    async def start() -> int:
+        await holder.connect()
+        await holder.close()  # leaves it running for persist_s
+        assert holder.server_pid is not None
+        return holder.server_pid
+
+    pid = asyncio.run(start())
+    assert alive(pid)
+    ran = clustrix("disconnect", "--config", path, "--json")
+    assert ran.status == 0, ran.stderr
+    assert ran.json == {"location": holder.location, "pid": pid, "ended": True}
+    assert gone(pid)
+    again = clustrix("disconnect", "--config", path)
+    assert again.status == 0, again.stderr
+    assert again.stdout == f"no shared connection to {holder.location} is open\n"
 
 
 # -- the executor --------------------------------------------------------------------------

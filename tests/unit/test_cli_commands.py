@@ -17,7 +17,7 @@ from clustrix.cli import build_parser
 
 COMMANDS = [
     "check-config", "jobs", "status", "cancel", "logs", "recover",
-    "ls", "du", "get", "put", "plan", "backends", "version",
+    "ls", "du", "get", "put", "plan", "disconnect", "backends", "version",
 ]  # fmt: skip
 
 
@@ -120,6 +120,14 @@ def test_get_and_put(
     monkeypatch.chdir(here)
     assert clustrix("get", "results/b.txt", *local_config).status == 0  # into ., its name
     assert (here / "b.txt").read_text() == "hello"
+
+
+def test_disconnect_on_a_config_without_a_host_says_there_is_nothing_to_end(
+    local_config: list[str],
+) -> None:
+    ran = clustrix("disconnect", *local_config)
+    assert ran.status == 2
+    assert "no cluster_host" in ran.stderr and "no SSH connection to end" in ran.stderr
 
 
 def test_file_errors_say_where_relative_paths_start(
