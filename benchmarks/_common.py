@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import platform
+import random
 import re
 import shutil
 import statistics
@@ -25,6 +26,27 @@ IDLE_POLL_S = 10.0
 def median(values: Sequence[float]) -> float:
     """The median of ``values`` (which must not be empty)."""
     return statistics.median(values)
+
+
+def tick_phases(n: int, seed: int) -> list[float]:
+    """``n`` start phases within the wall-clock second, one in each n-th of it (jittered
+    inside it), in a shuffled order: for :func:`sleep_to_phase` before each sample.
+
+    slurmctld's scheduling loop wakes at whole wall-clock seconds (it waits until
+    ``time(NULL) + 1``; with ``batch_sched_delay=0`` it starts pending jobs each time), so
+    a job waits for the rest of the second it was submitted in. Random pauses spread the
+    samples over that second by chance (medians of 7 then moved by ±0.25 s from run to
+    run); these phases spread them evenly, and two series that use the same phases meet
+    the tick alike."""
+    rng = random.Random(seed)
+    phases = [(k + rng.random()) / n for k in range(n)]
+    rng.shuffle(phases)
+    return phases
+
+
+def sleep_to_phase(phase: float) -> None:
+    """Sleep until the wall clock is ``phase`` (0-1) of a second past a whole second."""
+    time.sleep((phase - time.time() % 1.0) % 1.0)
 
 
 def fmt_s(seconds: float) -> str:

@@ -10,7 +10,8 @@ Measured, each part after waiting for an idle cluster (``squeue -h -t PD,R`` emp
 
 (a) submit-to-result latency of a no-op call vs the faster raw baseline: ``sbatch --wait
     --wrap true`` or ``sbatch --parsable`` + a tight ``squeue`` loop (samples interleaved,
-    each after a random 0-1 s pause: slurmctld starts jobs on a 1 s tick);
+    each started at its own phase of the wall-clock second: slurmctld starts jobs at whole
+    seconds);
 (b) ``map(noop, range(1000), chunksize=1)`` vs ONE raw ``sbatch --array=0-999 --wrap true``
     (``--wait``, or ``--parsable`` + ``squeue`` every 50 ms: the faster), with the
     scheduler-side makespan of both from ``scontrol show job``;
@@ -25,7 +26,6 @@ import asyncio
 import datetime as dt
 import os
 import posixpath
-import random
 import secrets
 import shlex
 import sys
@@ -48,7 +48,9 @@ from _common import (
     median,
     print_report,
     revision,
+    sleep_to_phase,
     table,
+    tick_phases,
     verdict,
     wait_for_idle,
     write_report,
@@ -416,19 +418,20 @@ def main() -> int:
         lat_cx: list[float] = []
         lat_wait: list[float] = []
         lat_poll: list[float] = []
-        # slurmctld starts pending jobs on a 1 s tick here, so a job's queue time depends on
-        # the phase of its submission: a random pause before each sample decorrelates it
-        # from the previous sample's end (otherwise the fixed order biases one side).
-        rng = random.Random(1)
-        for _ in range(n_latency):
+        # slurmctld starts pending jobs at whole seconds of the wall clock, so a job's queue
+        # time depends on the phase of its submission: sample i of each side starts at
+        # phase i, spread over the second (a fixed order would bias one side; random
+        # pauses spread the samples by chance).
+        phases = tick_phases(n_latency, seed=1)
+        for i in range(n_latency):
             idle("(a)")
-            time.sleep(rng.random())
+            sleep_to_phase(phases[i])
             lat_wait.append(raw.wait_job())
             idle("(a)")
-            time.sleep(rng.random())
+            sleep_to_phase(phases[i])
             lat_poll.append(raw.poll_job()[0])
             idle("(a)")
-            time.sleep(rng.random())
+            sleep_to_phase(phases[i])
             t0, t = time.time(), time.perf_counter()
             future = ex.submit(noop, 1)
             future.result()

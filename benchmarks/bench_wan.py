@@ -13,8 +13,8 @@ so a 50 ms round trip; both sides connect through it. Measured, each part after 
 for an idle cluster:
 
 (1) one no-op call, submit to result, on a warm executor, vs raw ``sbatch --parsable`` +
-    ``squeue`` until done + ``cat`` of its result file (samples interleaved, each after a
-    random 0-1 s pause: slurmctld starts jobs on a 1 s tick);
+    ``squeue`` until done + ``cat`` of its result file (samples interleaved, each started
+    at its own phase of the wall-clock second: slurmctld starts jobs at whole seconds);
 (2) ``map(noop, range(300), chunksize=1)`` (one 300-task array) vs ONE raw 300-task
     ``sbatch --array`` + ``squeue`` until done + one ``cat`` of all result files, in 5
     pairs run back to back (which side goes first alternates); the ratio is the median of
@@ -25,7 +25,8 @@ for an idle cluster:
     work dir, then again with that work dir (what a second executor reuses), and once
     more without the proxy (the difference is what the link costs); vs the raw cold start,
     a fresh ``ssh`` whose one command runs ``sbatch``, ``squeue`` every 50 ms on the
-    cluster until the job is gone, and ``cat`` (each sample after a random 0-1 s pause).
+    cluster until the job is gone, and ``cat`` (the samples of each kind started at the
+    same n phases of the wall-clock second, spread over it).
     And with ``connection_persist_s`` (the shared connection started by an earlier
     process, work dir there) vs the same raw command through an OpenSSH master that an
     earlier command left (``ControlPersist``): no login on either side.
@@ -41,7 +42,6 @@ import contextlib
 import json
 import os
 import posixpath
-import random
 import secrets
 import shlex
 import shutil
@@ -68,7 +68,9 @@ from _common import (
     median,
     print_report,
     revision,
+    sleep_to_phase,
     table,
+    tick_phases,
     verdict,
     wait_for_idle,
     write_report,
@@ -376,10 +378,16 @@ def wan_config(
 
 
 def child(
-    port: int, control: int, known_hosts: str, work_dir: str, second: bool, persist_s: float
+    port: int,
+    control: int,
+    known_hosts: str,
+    work_dir: str,
+    second_phase: float | None,
+    persist_s: float,
 ) -> dict[str, Any]:
-    """A fresh process: build an executor, get one result; with ``second``, then build
-    another one in this process (its runtime zip is built already) and do the same."""
+    """A fresh process: build an executor, get one result; with ``second_phase``, then
+    build another one in this process (its runtime zip is built already) at that phase of
+    the second and do the same."""
     ops = record_transport_ops()
     config = wan_config(Login.from_env(), port, known_hosts, work_dir, persist_s)
 
@@ -409,11 +417,11 @@ def child(
         }
 
     runs = [one()]
-    if second:
-        # a random pause first, as before every sample: right after the first executor's
-        # job, the second's sbatch would meet slurmctld's tick at one phase every time
+    if second_phase is not None:
+        # at a phase of its own, as every sample: right after the first executor's job,
+        # the second's sbatch would meet slurmctld's tick at one phase every time
         # (0.87-0.90 s in 7 of 7 samples without it)
-        time.sleep(random.random())
+        sleep_to_phase(second_phase)
         runs.append(one())
     return {"runs": runs}
 
@@ -423,12 +431,12 @@ def run_child(
     control: int,
     known_hosts: str,
     work_dir: str,
-    second: bool = False,
+    second_phase: float | None = None,
     persist_s: float = 0.0,
 ) -> list[dict[str, Any]]:
     argv = [sys.executable, __file__, "--child", "--port", str(port), "--control", str(control)]
     argv += ["--known-hosts", known_hosts, "--work-dir", work_dir, "--persist", str(persist_s)]
-    argv += ["--second"] if second else []
+    argv += ["--second-phase", str(second_phase)] if second_phase is not None else []
     done = subprocess.run(argv, capture_output=True, text=True, timeout=CHILD_TIMEOUT_S)
     for line in done.stdout.splitlines():
         if line.startswith(RESULT_TAG):
@@ -577,7 +585,7 @@ class Bench:
         control: int,
         known_hosts: str,
         work_dir: str,
-        second: bool = False,
+        second_phase: float | None = None,
         persist_s: float = 0.0,
     ) -> list[dict[str, Any]]:
         """:func:`run_child`, again (up to 3 times) if it failed or the sshd restarted
@@ -586,7 +594,7 @@ class Bench:
             wait_for_sshd(self.login)
             epoch = self.epoch(connections=False)
             try:
-                runs = run_child(port, control, known_hosts, work_dir, second, persist_s)
+                runs = run_child(port, control, known_hosts, work_dir, second_phase, persist_s)
             except RuntimeError as exc:
                 if attempt == 2:
                     raise
@@ -609,14 +617,16 @@ class Bench:
         plain_ssh = ["ssh", *self.mux.plain, "-o", "ControlMaster=no", "-o", "ControlPath=none"]
         master_ssh = ["ssh", *self.mux.options, "-o", "ControlMaster=no"]
         port, control, known = self.proxy.port, self.proxy.control_port, self.known_hosts
-        # a random 0-1 s pause before each sample: slurmctld starts jobs on a 1 s tick, and
-        # samples one after another at steady intervals would all meet it at one phase
-        # (raw samples of 1.38-1.44 s in a row without, 0.64-1.45 s with)
-        rng = random.Random(4)
+        # slurmctld starts jobs at whole seconds of the wall clock: samples one after another
+        # at steady intervals would all meet it at one phase (raw samples of 1.38-1.44 s in
+        # a row), random pauses spread them by chance (medians of 7 moved by ±0.25 s from
+        # run to run). Sample i of every kind starts at phase i: each kind meets the tick
+        # at the same n phases, spread over the second.
+        phases = tick_phases(n, seed=4)
 
-        def idle() -> None:
+        def idle(i: int) -> None:
             self.idle("(4)")
-            time.sleep(rng.random())
+            sleep_to_phase(phases[i])
 
         # the shared connection, started by a process before the samples (as the master of
         # the raw side was); stopped when this part ends
@@ -624,13 +634,13 @@ class Bench:
         self.shared_pid = warm[0]["shared_pid"]
         for i in range(n):
             work = f"{self.mux.scratch}/cold-{i}"
-            idle()
-            first, other = self.child_runs(port, control, known, work, second=True)
+            idle(i)
+            first, other = self.child_runs(port, control, known, work, second_phase=phases[i])
             fresh.append(first)
             second.append(other)
-            idle()
+            idle(i)
             again.append(self.child_runs(port, control, known, work)[0])
-            idle()
+            idle(i)
             direct.append(
                 self.child_runs(self.login.port, 0, self.login.known_hosts, f"{work}-direct")[0]
             )
@@ -642,13 +652,13 @@ class Bench:
                 ),
                 connections=False,
             )
-            idle()
+            idle(i)
             self.sample(
                 raw, "(4) raw cold start", lambda: self.raw_cold(plain_ssh), connections=False
             )
-            idle()
+            idle(i)
             shared.append(self.child_runs(port, control, known, work, persist_s=900)[0])
-            idle()
+            idle(i)
             self.sample(
                 raw_master,
                 "(4) raw cold start through the master",
@@ -780,13 +790,14 @@ class Bench:
         raw_polls: list[int] = []
         cx_stats: list[dict[str, int]] = []
         cx_ops: list[str] = []
-        rng = random.Random(1)
-        for _ in range(n):
+        # sample i of both sides at phase i of the wall-clock second (slurmctld's tick)
+        phases = tick_phases(n, seed=1)
+        for i in range(n):
             self.idle("(1)")
-            time.sleep(rng.random())
+            sleep_to_phase(phases[i])
             raw_polls.append(self.sample(raw, "(1) raw", lambda: self.mux.one_call()[1]))
             self.idle("(1)")
-            time.sleep(rng.random())
+            sleep_to_phase(phases[i])
             before = ex.stats()
             t0, p0 = time.time(), time.perf_counter()
             future = self.sample(cx, "(1) clustrix", lambda: call_once(ex))
@@ -993,12 +1004,17 @@ def main() -> int:
     parser.add_argument("--control", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--known-hosts", help=argparse.SUPPRESS)
     parser.add_argument("--work-dir", help=argparse.SUPPRESS)
-    parser.add_argument("--second", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--second-phase", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--persist", type=float, default=0.0, help=argparse.SUPPRESS)
     opts = parser.parse_args()
     if opts.child:
         runs = child(
-            opts.port, opts.control, opts.known_hosts, opts.work_dir, opts.second, opts.persist
+            opts.port,
+            opts.control,
+            opts.known_hosts,
+            opts.work_dir,
+            opts.second_phase,
+            opts.persist,
         )
         print(RESULT_TAG + json.dumps(runs), flush=True)
         return 0
