@@ -260,7 +260,7 @@ class SSHTransport(Transport):
         find is there; otherwise, or if that command fails for a reason other than the tree
         itself, SFTP ``readdir`` one tree level at a time (the base implementation)."""
         root = await self.expand(path)
-        records = await self._find(root, FIND_DETAIL if detail else FIND_TYPES, on_error)
+        records = await _find(self, root, FIND_DETAIL if detail else FIND_TYPES, on_error)
         if records is not None:
             return parse_find_entries(records, detail=detail)
         return await super().scan_tree(root, on_error=on_error)
@@ -269,58 +269,10 @@ class SSHTransport(Transport):
         """Totals from ONE ``find -printf '%y %s'`` (no names: it is about as fast as
         ``du -sb``), or from the SFTP scan."""
         root = await self.expand(path)
-        records = await self._find(root, FIND_SIZES, on_error)
+        records = await _find(self, root, FIND_SIZES, on_error)
         if records is not None:
             return parse_find_usage(records)
         return await super().disk_usage(root, on_error=on_error)
-
-    async def _find(self, root: str, fmt: str, on_error: OnError) -> list[str] | None:
-        """The records (``-printf fmt``) of every entry below ``root``, from one command;
-        None when SFTP should answer instead (no usable find, or an error it explains
-        better). The root's own record, which find prints first, is checked and dropped."""
-        program = self.find_program
-        if program is None or not encodable(root):
-            return None
-        argv = ["env", "LC_ALL=C", program, "-H", root, "-printf", fmt]
-        result = await self.run(argv, errors="surrogateescape")
-        lines = result.stderr.splitlines()
-        usable = result.returncode in (0, 1) and all(
-            line.startswith(f"{program}: ") and line.endswith(TREE_ERRORS) for line in lines
-        )
-        try:
-            records = split_find_output(result.stdout) if usable else []
-        except ValueError as exc:
-            logger.warning("unexpected output of %s on %s: %s", program, self.location, exc)
-            usable = False
-        if not usable:
-            # Not GNU find (no -printf: BusyBox, BSD), or no find at all: SFTP from now on.
-            logger.info(
-                "%s on %s cannot scan trees (exit %s: %s); using SFTP",
-                program,
-                self.location,
-                result.returncode,
-                result.stderr.strip()[:200],
-            )
-            self.find_program = None
-            return None
-        if not records:
-            return None  # the root is missing (or vanished): SFTP says so exactly
-        kind = records[0][0]
-        if kind == "l":  # -H prints a dangling (or looping) root link itself
-            raise FileNotFoundError(errno.ENOENT, f"No such file on {self.location}", root)
-        if kind != "d":
-            raise NotADirectoryError(errno.ENOTDIR, "Not a directory", root)
-        if result.ok:
-            return records[1:]
-        denied = [line for line in lines if line.endswith(DENIED)]
-        if denied:
-            # find prints every directory before it tries to read it: if the root is the
-            # only record, the root is what it could not read (refused even with "omit").
-            if on_error == "raise" or len(records) == 1:
-                raise PermissionError(errno.EACCES, f"{denied[0]} on {self.location}", root)
-            if len(denied) == len(lines):
-                return records[1:]
-        return None  # entries vanished during the scan: SFTP tells exactly
 
     # -- files: SFTP (see _sftp.py), paths made absolute here ---------------------------------
 
@@ -371,6 +323,57 @@ class SSHTransport(Transport):
 
     async def get(self, path: str, local_path: str) -> None:
         await self._files.get(await self.expand(path), local_path)
+
+
+async def _find(
+    transport: SSHTransport, root: str, fmt: str, on_error: OnError
+) -> list[str] | None:
+    """The records (``-printf fmt``) of every entry below ``root``, from one command;
+    None when SFTP should answer instead (no usable find, or an error it explains
+    better). The root's own record, which find prints first, is checked and dropped."""
+    program = transport.find_program
+    if program is None or not encodable(root):
+        return None
+    argv = ["env", "LC_ALL=C", program, "-H", root, "-printf", fmt]
+    result = await transport.run(argv, errors="surrogateescape")
+    lines = result.stderr.splitlines()
+    usable = result.returncode in (0, 1) and all(
+        line.startswith(f"{program}: ") and line.endswith(TREE_ERRORS) for line in lines
+    )
+    try:
+        records = split_find_output(result.stdout) if usable else []
+    except ValueError as exc:
+        logger.warning("unexpected output of %s on %s: %s", program, transport.location, exc)
+        usable = False
+    if not usable:
+        # Not GNU find (no -printf: BusyBox, BSD), or no find at all: SFTP from now on.
+        logger.info(
+            "%s on %s cannot scan trees (exit %s: %s); using SFTP",
+            program,
+            transport.location,
+            result.returncode,
+            result.stderr.strip()[:200],
+        )
+        transport.find_program = None
+        return None
+    if not records:
+        return None  # the root is missing (or vanished): SFTP says so exactly
+    kind = records[0][0]
+    if kind == "l":  # -H prints a dangling (or looping) root link itself
+        raise FileNotFoundError(errno.ENOENT, f"No such file on {transport.location}", root)
+    if kind != "d":
+        raise NotADirectoryError(errno.ENOTDIR, "Not a directory", root)
+    if result.ok:
+        return records[1:]
+    denied = [line for line in lines if line.endswith(DENIED)]
+    if denied:
+        # find prints every directory before it tries to read it: if the root is the
+        # only record, the root is what it could not read (refused even with "omit").
+        if on_error == "raise" or len(records) == 1:
+            raise PermissionError(errno.EACCES, f"{denied[0]} on {transport.location}", root)
+        if len(denied) == len(lines):
+            return records[1:]
+    return None  # entries vanished during the scan: SFTP tells exactly
 
 
 def _write_stdin(process: asyncssh.SSHClientProcess[bytes], data: bytes) -> None:
