@@ -13,6 +13,11 @@ Each poll cycle runs ONE shell command on the cluster that prints, in this order
 The order matters: a job reported ended in (1) wrote its exit file before, and its results
 before that, so (2) and (3) see them; a call's claim is made before it runs, so a result in
 (3) always comes with its claim in (2). Pure functions only: the engine runs the command.
+
+Over a slow link a cycle may first **wait on the cluster** (:func:`wait_steps`): instead of
+sleeping on the client and then asking, the command looks for new exit, claim and result
+files a few times during the pause and goes on to (1)-(4) as soon as one appears, so a
+result comes half a round trip after it is written rather than at the next cycle.
 """
 
 from __future__ import annotations
@@ -32,11 +37,13 @@ from . import _wire
 __all__ = [
     "EAGER_S",
     "POLL_BURST",
+    "WAIT_THERE_MIN_S",
     "PollBudget",
     "PollOutput",
     "parse_poll_output",
     "poll_delay",
     "poll_script",
+    "wait_steps",
 ]
 
 log = logging.getLogger("clustrix")
@@ -58,6 +65,8 @@ def poll_script(
     fetched: Sequence[str] = (),
     bundle_kib: int = 0,
     tails: Sequence[tuple[str, int]] = (),
+    wait_steps_s: Sequence[float] = (),
+    news_marker: str | None = None,
 ) -> str:
     """The ``sh`` script of one poll cycle.
 
@@ -68,6 +77,12 @@ def poll_script(
     than that many KiB also come back in the same output (a base64 tar, after the listing):
     over a slow link, no read per result. ``tails`` are (log path, max bytes): the last
     bytes of each come last, in that order (:attr:`PollOutput.tails`).
+
+    ``news_marker`` is a file of the executor's own, touched just before the status query
+    and the listings: what is newer than it was written after this cycle looked. With
+    ``wait_steps_s`` (:func:`wait_steps`) the script first sleeps those pauses one after
+    another, until an exit, claim or result file newer than the marker (the last cycle's
+    look) is there; then it goes on as without. The output is the same either way.
     """
     lines = ["umask 077"]  # the done/ directories are as private as the rest
     if consumed:
@@ -79,6 +94,7 @@ def poll_script(
         done = shlex.quote(f"{directory}/{_wire.DONE_DIR}")
         files = " ".join(shlex.quote(p) for p in paths)
         lines.append(f"mkdir -p {done} && mv -f -- {files} {done}/ 2>/dev/null")
+    status_at = len(lines)  # where a wait goes (job dirs only: nothing to wait for else)
     if status_argv:
         lines.append(f'{shlex.join(status_argv)} 2>&1; echo "{MARK} $?"')
     else:
@@ -92,9 +108,24 @@ def poll_script(
         roots, depth = shlex.quote(jobs_root), 3
     find = f"find {roots} -mindepth {depth} -maxdepth {depth}"
     claims = f"-path '*/{_wire.EXIT_DIR}/[0-9]*' -o -path '*/{_wire.CLAIMS_DIR}/[0-9]*'"
+    finished = f"-path '*/{_wire.RESULTS_DIR}/*{_wire.SUFFIX}' ! -name '.*'"
+    if news_marker is not None:
+        marker = shlex.quote(news_marker)
+        looked = [f"touch {marker}"]
+        if wait_steps_s:
+            news = f"{find} \\( {claims} -o \\( {finished} \\) \\) -newer {marker}"
+            pauses = " ".join(f"{step:g}" for step in wait_steps_s)
+            # No marker yet (no cycle has looked): nothing to compare with, no wait.
+            # Fractional sleep: coreutils, busybox, BSD; 1 s where sleep wants integers.
+            looked.insert(
+                0,
+                f'[ -e {marker} ] && for s in {pauses}; do sleep "$s" 2>/dev/null || sleep 1; '
+                f'[ -n "$({news} 2>/dev/null | head -n 1)" ] && break; done',
+            )
+        lines[status_at:status_at] = looked  # before the status: it then sees what they see
     lines.append(f"{find} \\( {claims} \\) -exec grep -H '' {{}} + 2>/dev/null")
     lines.append(f'echo "{MARK}"')
-    results = f"{find} -path '*/{_wire.RESULTS_DIR}/*{_wire.SUFFIX}' ! -name '.*'"
+    results = f"{find} {finished}"
     lines.append(f"{results} 2>/dev/null")
     if bundle_kib:
         # found again (a result that appeared meanwhile is simply one more); xargs -r: no
@@ -186,6 +217,25 @@ def _untar(text: str) -> dict[str, bytes]:
 #: starts within a second of its submission (SLURM's scheduling tick), a short call ends
 #: soon after, and a gap between two polls is time added to its result.
 EAGER_S = 2.0
+
+
+#: A cycle waits on the cluster (rather than on the client) for a pause at least this long:
+#: shorter ones are the back-to-back polls of the first seconds, where it would gain little.
+WAIT_THERE_MIN_S = 0.2
+#: Looks of a poll that waits on the cluster, spread over its pause: a result written during
+#: it comes within a fifth of the pause (2 % of the jobs' age, see :func:`poll_delay`).
+WAIT_LOOKS = 5
+#: The looks of a wait are never closer together than this.
+WAIT_STEP_MIN_S = 0.05
+
+
+def wait_steps(wait_s: float) -> list[float]:
+    """The pauses of a poll that waits ``wait_s`` on the cluster: :data:`WAIT_LOOKS` equal
+    steps (fewer for a short wait, none for none)."""
+    if wait_s <= 0:
+        return []
+    looks = max(1, min(WAIT_LOOKS, int(wait_s / WAIT_STEP_MIN_S)))
+    return [round(wait_s / looks, 3)] * looks
 
 
 def poll_delay(

@@ -5,6 +5,12 @@ exit files, the result files, and deletion of consumed files) as one command, th
 it saw to the :class:`~._collect.Collector`. While the cluster cannot be reached, polls back
 off and the futures wait up to ``connection_grace_s``; after that they fail, and the jobs'
 submissions stay in the registry for a later ``recover()``.
+
+Over a costly transport, a pause between two cycles of :data:`~clustrix.monitor.
+WAIT_THERE_MIN_S` or more is spent on the cluster, not here: the cycle's command waits there
+for news (a new exit, claim or result file) and answers as soon as there is some. A
+submission or a ``future.logs()`` that comes meanwhile cuts that wait short (the command is
+killed and the cycle starts again with it).
 """
 
 from __future__ import annotations
@@ -12,12 +18,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import posixpath
+import secrets
 import time
+from typing import Any
 
 from .. import _wire
 from ..errors import TransportError
 from ..lifecycle import JobState
-from ..monitor import PollBudget, PollOutput, parse_poll_output, poll_delay, poll_script
+from ..monitor import (
+    WAIT_THERE_MIN_S,
+    PollBudget,
+    PollOutput,
+    parse_poll_output,
+    poll_delay,
+    poll_script,
+    wait_steps,
+)
 from ._collect import Collector, Ended
 from ._core import Core, log
 from ._model import Batch, Call, Task, claim_path
@@ -43,21 +59,36 @@ class Monitor:
         self.budget = (
             PollBudget(core.config.poll_rate_max_per_s) if core.scheduler.status_is_shared else None
         )
+        #: Cycles wait on the cluster for news (see the module): where round trips cost.
+        self.waits_there = core.transport.round_trips_are_costly
+        self._marker_name = f".poll-{secrets.token_hex(6)}"
+        #: A cycle touched the marker: it is to be removed at the end.
+        self.marked = False
+
+    @property
+    def news_marker(self) -> str | None:
+        """The file each cycle touches when it looks (:func:`poll_script`), in the jobs
+        root; None where cycles do not wait there."""
+        return f"{self.core.jobs_root}/{self._marker_name}" if self.waits_there else None
 
     async def loop(self) -> None:
         """Poll while anything is outstanding; sleep until woken otherwise."""
         core = self.core
+        wait_s = 0.0  # of the next cycle, on the cluster
         while True:
             if not core.batches:
                 await core.wake_monitor.wait()
                 core.wake_monitor.clear()
+                wait_s = 0.0
                 continue
             started = time.monotonic()
             # Every cycle lists the job dirs (results come as soon as they are there); the
             # scheduler is asked only as often as the budget allows.
             ask_status = self.budget is None or self.budget.take(started)
+            if core.tails:
+                wait_s = 0.0  # future.logs() waits for this cycle: no pause before it
             try:
-                await self.poll_once(ask_status=ask_status)
+                await self.poll_once(ask_status=ask_status, wait_s=wait_s)
                 self.lost_since = None
                 for listener in list(core.poll_listeners):
                     try:
@@ -78,8 +109,12 @@ class Monitor:
                 core.config.poll_interval_max_s,
                 last_poll_s=time.monotonic() - started,
             )
+            wait_s = 0.0
             if self.lost_since is not None:
                 delay = max(delay, self._reconnect_delay())
+            elif self.waits_there and delay >= WAIT_THERE_MIN_S:
+                # spent on the cluster by the next cycle; its command must not time out
+                wait_s, delay = min(delay, core.config.command_timeout_s / 2), 0.0
             if delay > 0:
                 with contextlib.suppress(asyncio.TimeoutError):  # woken early by a submission
                     await asyncio.wait_for(core.wake_monitor.wait(), delay)
@@ -125,13 +160,15 @@ class Monitor:
         self.collector.retire_batches()
         self.lost_since = None
 
-    async def poll_once(self, *, ask_status: bool = True) -> bool:
+    async def poll_once(self, *, ask_status: bool = True, wait_s: float = 0.0) -> bool:
         """One status round trip for every outstanding job; True if anything changed.
 
         Without ``ask_status`` the cycle does not ask the scheduler: it collects the results
         and claims that are there, finishes the jobs that ended with all their results, and
         decides nothing else (any other ending is left to a cycle that asked: a job is never
-        taken for gone for want of asking).
+        taken for gone for want of asking). With ``wait_s`` its command first waits that
+        long on the cluster for news; a wake of the monitor meanwhile cuts it short (then
+        nothing was seen: False).
         """
         core = self.core
         scheduler = core.scheduler
@@ -153,13 +190,27 @@ class Monitor:
             # over a slow link the small results come with the listing: no read per result
             bundle_kib=BUNDLE_KIB if core.transport.round_trips_are_costly else 0,
             tails=list(tails),
+            wait_steps_s=wait_steps(wait_s),
+            news_marker=self.news_marker,
         )
         core.stats["poll_cycles"] += 1
         # stats: commands.<status program> for a cycle that asked, commands.poll otherwise
         counts_as = posixpath.basename(status_argv[0]) if status_argv else "poll"
+        if wait_s > 0:
+            core.wake_monitor.clear()  # what woke it until now is in this script
+        self.marked = self.marked or self.news_marker is not None
+        command = asyncio.ensure_future(core.run(["sh", "-c", script], counts_as=counts_as))
         try:
-            result = await core.run(["sh", "-c", script], counts_as=counts_as)
+            if wait_s > 0 and not await _first_or_woken(command, core.wake_monitor):
+                # woken while it waits there: start again with what woke it; what this one
+                # was to delete, move or read goes to the next
+                core.consumed[:0], core.fetched[:0] = consumed, fetched
+                core.tails = {**tails, **core.tails}
+                core.stats["poll_waits_cut_short"] += 1
+                return False
+            result = await command
         except BaseException as exc:
+            command.cancel()
             _answer(tails, [], exc)
             raise
         seen = parse_poll_output(result.stdout)
@@ -258,6 +309,22 @@ class Monitor:
                 call.future._mark_running()
                 changed = True
         return changed
+
+
+async def _first_or_woken(command: asyncio.Future[Any], woken: asyncio.Event) -> bool:
+    """Wait for ``command`` or ``woken``, whichever first: True if the command ended; else it
+    is cancelled (and waited for: its channel is given back before the next cycle)."""
+    wake = asyncio.ensure_future(woken.wait())
+    try:
+        await asyncio.wait({command, wake}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        wake.cancel()
+    if command.done():
+        return True
+    command.cancel()
+    with contextlib.suppress(asyncio.CancelledError, TransportError, OSError):
+        await command
+    return False
 
 
 def _exit_code(seen: PollOutput, task: Task) -> int | None:

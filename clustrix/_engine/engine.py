@@ -182,6 +182,8 @@ class Engine:
         core = self._core
         if core.started:
             await self._canceller.flush()
+        if self._monitor.marked and self._monitor.news_marker is not None:
+            core.finished_dirs.append(self._monitor.news_marker)  # in the same rm
         if core.finished_dirs:
             core.spawn(core.remove_quietly(core.finished_dirs))
             core.finished_dirs = []

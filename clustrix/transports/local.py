@@ -63,6 +63,11 @@ class LocalTransport(Transport):
             raise TransportError(f"cannot run {args[0]!r}: {exc}") from exc
         try:
             out, err = await asyncio.wait_for(proc.communicate(stdin), timeout_s)
+        except asyncio.CancelledError:
+            # as a cancelled command over SSH is killed: nobody waits for its output
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            raise
         except asyncio.TimeoutError:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)

@@ -301,3 +301,69 @@ def test_one_poll_cycle_brings_fifty_finished_results_in_one_command(
     assert [f.result(timeout=30) for f in futures] == [i**2 for i in range(50)]
     assert len(seen) == 50 and set(seen) == {commands_at["poll"]}
     assert fake_transport.ops["read_bytes"] == reads
+
+
+# -- cycles that wait on the cluster (a costly transport, pauses of WAIT_THERE_MIN_S or more) --
+
+#: After the first EAGER_S, every pause is 20 s, spent on the cluster (looks 4 s apart):
+#: a test that gets its result well within 20 s got it from the wait, not from a next cycle.
+LONG_PAUSES = {"poll_interval_min_s": 20.0, "poll_interval_max_s": 20.0}
+
+
+def waiting_polls(fake_transport: FakeTransport) -> int:
+    """Poll commands started so far that wait on the cluster for news."""
+    return len(fake_transport.commands("-newer"))
+
+
+def test_a_result_written_while_a_cycle_waits_there_comes_back_in_that_cycle(
+    make_fake_executor: Make, fake_scheduler: FakeScheduler, fake_transport: FakeTransport
+) -> None:
+    ex = make_fake_executor(**LONG_PAUSES)
+    future = ex.submit(pow, 3, 3)
+    job = submitted_job(fake_scheduler, future)
+    wait_until(lambda: waiting_polls(fake_transport) == 1, "a cycle waiting there")
+    status_before = polls(fake_scheduler)
+    fake_scheduler.run(job)
+    assert future.result(timeout=15) == 27  # the 20 s wait was cut short by the news
+    # the cycle that waited asked the scheduler once, after the news
+    assert polls(fake_scheduler) - status_before <= 2
+    assert ex.stats().get("poll_waits_cut_short", 0) == 0
+
+
+def test_a_submission_cuts_a_wait_there_short_and_is_polled_at_once(
+    make_fake_executor: Make, fake_scheduler: FakeScheduler, fake_transport: FakeTransport
+) -> None:
+    ex = make_fake_executor(**LONG_PAUSES)
+    first = ex.submit(pow, 2, 5)
+    first_job = submitted_job(fake_scheduler, first)
+    wait_until(lambda: waiting_polls(fake_transport) == 1, "a cycle waiting there")
+    second = ex.submit(pow, 2, 6)
+    fake_scheduler.wait_submissions(2)
+    wait_until(lambda: second.job_id is not None, "the second job ID")
+    assert second.job_id is not None
+    fake_scheduler.run(second.job_id)
+    # the waiting cycle did not list the new job dir: only a new cycle brings its result
+    assert second.result(timeout=15) == 64
+    assert ex.stats()["poll_waits_cut_short"] >= 1
+    fake_scheduler.run(first_job)
+    assert first.result(timeout=30) == 32
+
+
+def test_logs_asked_while_a_cycle_waits_there_come_without_waiting_for_it(
+    make_fake_executor: Make, fake_scheduler: FakeScheduler, fake_transport: FakeTransport
+) -> None:
+    ex = make_fake_executor(**LONG_PAUSES)
+    future = ex.submit(pow, 2, 7)
+    job = submitted_job(fake_scheduler, future)
+    fake_scheduler.set_state(job, "RUNNING")
+    wait_until(future.running, "the future to run")
+    wait_until(lambda: waiting_polls(fake_transport) >= 1, "a cycle waiting there")
+    job_dir, task = fake_scheduler.locate(job)
+    (job_dir / "logs" / f"{task}.out").write_text("step 1\n")
+    assert future.logs().stdout == "step 1\n"
+    # the waiting cycle was cut short, and the one that brought the tail did not wait
+    (brought,) = fake_transport.commands("tail -c")
+    assert "-newer" not in brought.target
+    assert ex.stats()["poll_waits_cut_short"] >= 1
+    fake_scheduler.run(job)
+    assert future.result(timeout=30) == 128

@@ -21,6 +21,7 @@ from clustrix.transports.ssh import (
     parse_find_usage,
     split_find_output,
 )
+from clustrix.transports.ssh import _find as ssh_find  # the find-or-SFTP decision
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "fs"
 RUNS = json.loads((DATA / "find_runs.json").read_text())
@@ -121,7 +122,7 @@ class CannedSSH(SSHTransport):
 
 
 def find(t: SSHTransport, root: str, fmt: str = FIND_TYPES, on_error: Any = "raise") -> Any:
-    return asyncio.run(t._find(root, fmt, on_error))
+    return asyncio.run(ssh_find(t, root, fmt, on_error))
 
 
 def test_argv_passes_the_root_as_one_argument() -> None:

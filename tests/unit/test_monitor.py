@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -15,9 +17,11 @@ from clustrix.monitor import (
     EAGER_S,
     MARK,
     MAX_LISTED_DIRS,
+    WAIT_LOOKS,
     parse_poll_output,
     poll_delay,
     poll_script,
+    wait_steps,
 )
 
 
@@ -209,3 +213,67 @@ def test_nothing_new_means_no_bundle(jobs_root: Path, job_dir: Path) -> None:
     output = run_poll(script)
     assert parse_poll_output(output).result_data == {}
     assert output.rstrip().endswith(MARK)  # xargs -r ran no tar: not even an empty archive
+
+
+# -- a cycle that waits on the cluster ------------------------------------------------------
+
+
+def test_wait_steps_spread_a_wait_over_a_few_looks() -> None:
+    assert wait_steps(0) == []
+    assert wait_steps(5.0) == [1.0] * WAIT_LOOKS
+    assert wait_steps(0.2) == [0.05] * 4  # never closer together than 50 ms
+    assert wait_steps(0.03) == [0.03]
+
+
+def test_a_waiting_poll_answers_as_soon_as_a_result_is_written(
+    jobs_root: Path, job_dir: Path
+) -> None:
+    marker = jobs_root / ".poll-test"
+    marker.touch()  # the last cycle looked: what is there is known
+    script = poll_script(
+        ["echo", "R"], [str(job_dir)], str(jobs_root),
+        wait_steps_s=[0.1] * 600, news_marker=str(marker),
+    )  # fmt: skip
+    proc = subprocess.Popen(["sh", "-c", script], stdout=subprocess.PIPE, text=True)
+    time.sleep(0.3)  # it waits: nothing is newer than the marker
+    assert proc.poll() is None
+    (job_dir / _wire.RESULTS_DIR / "9.pkl").write_bytes(b"CLX1 nine")
+    # a minute of pauses was asked for: the deadline only stops a hang
+    out, _ = proc.communicate(timeout=30)
+    seen = parse_poll_output(out)
+    assert str(job_dir / _wire.RESULTS_DIR / "9.pkl") in seen.result_paths
+    assert seen.status_text.strip() == "R" and seen.exit_codes == expected_exits(job_dir)
+    # touched after the wait, before the listing: the next cycle's news are newer than it
+    assert marker.stat().st_mtime_ns >= (job_dir / _wire.RESULTS_DIR / "9.pkl").stat().st_mtime_ns
+
+
+def test_a_waiting_poll_with_nothing_new_waits_its_pauses_and_says_the_same(
+    jobs_root: Path, job_dir: Path
+) -> None:
+    marker = jobs_root / ".poll-test"
+    marker.touch()
+    future = time.time() + 60  # every file there is older than the last look
+    os.utime(marker, (future, future))
+    plain = run_poll(poll_script(["echo", "R"], [str(job_dir)], str(jobs_root)))
+    script = poll_script(
+        ["echo", "R"], [str(job_dir)], str(jobs_root),
+        wait_steps_s=[0.02] * 3, news_marker=str(marker),
+    )  # fmt: skip
+    waited = run_poll(script)
+    assert waited == plain
+    assert marker.stat().st_mtime < future  # touched: this cycle looked
+
+
+def test_a_first_waiting_poll_without_a_marker_does_not_wait(
+    jobs_root: Path, job_dir: Path
+) -> None:
+    marker = jobs_root / ".poll-test"
+    script = poll_script(
+        None, [str(job_dir)], str(jobs_root), wait_steps_s=[1.0] * 600, news_marker=str(marker)
+    )
+    # ten minutes of pauses asked for, none taken: nothing to compare with
+    seen = parse_poll_output(
+        subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30).stdout
+    )
+    assert seen.exit_codes == expected_exits(job_dir)
+    assert marker.exists()
