@@ -78,11 +78,11 @@ def poll_script(
     over a slow link, no read per result. ``tails`` are (log path, max bytes): the last
     bytes of each come last, in that order (:attr:`PollOutput.tails`).
 
-    ``news_marker`` is a file of the executor's own, touched just before the status query
-    and the listings: what is newer than it was written after this cycle looked. With
-    ``wait_steps_s`` (:func:`wait_steps`) the script first sleeps those pauses one after
-    another, until an exit, claim or result file newer than the marker (the last cycle's
-    look) is there; then it goes on as without. The output is the same either way.
+    With ``wait_steps_s`` (:func:`wait_steps`) and ``news_marker`` (a file of the
+    executor's own) the script first sleeps those pauses one after another, until an exit,
+    claim or result file newer than the marker is there, then touches the marker just
+    before the status query and the listings: what is newer than it next time was written
+    after this cycle looked. The output is the same as without.
     """
     lines = ["umask 077"]  # the done/ directories are as private as the rest
     if consumed:
@@ -109,20 +109,20 @@ def poll_script(
     find = f"find {roots} -mindepth {depth} -maxdepth {depth}"
     claims = f"-path '*/{_wire.EXIT_DIR}/[0-9]*' -o -path '*/{_wire.CLAIMS_DIR}/[0-9]*'"
     finished = f"-path '*/{_wire.RESULTS_DIR}/*{_wire.SUFFIX}' ! -name '.*'"
-    if news_marker is not None:
+    if news_marker is not None and wait_steps_s:
         marker = shlex.quote(news_marker)
-        looked = [f"touch {marker}"]
-        if wait_steps_s:
-            news = f"{find} \\( {claims} -o \\( {finished} \\) \\) -newer {marker}"
-            pauses = " ".join(f"{step:g}" for step in wait_steps_s)
-            # No marker yet (no cycle has looked): nothing to compare with, no wait.
-            # Fractional sleep: coreutils, busybox, BSD; 1 s where sleep wants integers.
-            looked.insert(
-                0,
-                f'[ -e {marker} ] && for s in {pauses}; do sleep "$s" 2>/dev/null || sleep 1; '
-                f'[ -n "$({news} 2>/dev/null | head -n 1)" ] && break; done',
-            )
-        lines[status_at:status_at] = looked  # before the status: it then sees what they see
+        news = f"{find} \\( {claims} -o \\( {finished} \\) \\) -newer {marker}"
+        pauses = " ".join(f"{step:g}" for step in wait_steps_s)
+        lines[status_at:status_at] = [
+            # No marker yet: what comes from now on is news. One that cannot be made: the
+            # pauses are slept in full (find -newer finds nothing), as on the client.
+            f"[ -e {marker} ] || touch {marker} 2>/dev/null",
+            # fractional sleep: coreutils, busybox, BSD; 1 s where sleep wants integers
+            f'for s in {pauses}; do sleep "$s" 2>/dev/null || sleep 1; '
+            f'[ -n "$({news} 2>/dev/null | head -n 1)" ] && break; done',
+            # before the status query and the listings: what is newer, they did not see
+            f"touch {marker} 2>/dev/null",
+        ]
     lines.append(f"{find} \\( {claims} \\) -exec grep -H '' {{}} + 2>/dev/null")
     lines.append(f'echo "{MARK}"')
     results = f"{find} {finished}"

@@ -62,13 +62,13 @@ class Monitor:
         #: Cycles wait on the cluster for news (see the module): where round trips cost.
         self.waits_there = core.transport.round_trips_are_costly
         self._marker_name = f".poll-{secrets.token_hex(6)}"
-        #: A cycle touched the marker: it is to be removed at the end.
+        #: A cycle waited there (and touched the marker): it is to be removed at the end.
         self.marked = False
 
     @property
     def news_marker(self) -> str | None:
-        """The file each cycle touches when it looks (:func:`poll_script`), in the jobs
-        root; None where cycles do not wait there."""
+        """The file a cycle that waits there touches when it looks (:func:`poll_script`),
+        in the jobs root; None where cycles do not wait there."""
         return f"{self.core.jobs_root}/{self._marker_name}" if self.waits_there else None
 
     async def loop(self) -> None:
@@ -198,7 +198,7 @@ class Monitor:
         counts_as = posixpath.basename(status_argv[0]) if status_argv else "poll"
         if wait_s > 0:
             core.wake_monitor.clear()  # what woke it until now is in this script
-        self.marked = self.marked or self.news_marker is not None
+        self.marked = self.marked or (wait_s > 0 and self.news_marker is not None)
         command = asyncio.ensure_future(core.run(["sh", "-c", script], counts_as=counts_as))
         try:
             if wait_s > 0 and not await _first_or_woken(command, core.wake_monitor):

@@ -225,11 +225,14 @@ def test_wait_steps_spread_a_wait_over_a_few_looks() -> None:
     assert wait_steps(0.03) == [0.03]
 
 
+@pytest.mark.parametrize("looked_before", [True, False])
 def test_a_waiting_poll_answers_as_soon_as_a_result_is_written(
-    jobs_root: Path, job_dir: Path
+    jobs_root: Path, job_dir: Path, looked_before: bool
 ) -> None:
     marker = jobs_root / ".poll-test"
-    marker.touch()  # the last cycle looked: what is there is known
+    if looked_before:
+        marker.touch()  # the last cycle looked: what is there is known
+    # else: the first waiting cycle makes the marker as it starts
     script = poll_script(
         ["echo", "R"], [str(job_dir)], str(jobs_root),
         wait_steps_s=[0.1] * 600, news_marker=str(marker),
@@ -262,18 +265,3 @@ def test_a_waiting_poll_with_nothing_new_waits_its_pauses_and_says_the_same(
     waited = run_poll(script)
     assert waited == plain
     assert marker.stat().st_mtime < future  # touched: this cycle looked
-
-
-def test_a_first_waiting_poll_without_a_marker_does_not_wait(
-    jobs_root: Path, job_dir: Path
-) -> None:
-    marker = jobs_root / ".poll-test"
-    script = poll_script(
-        None, [str(job_dir)], str(jobs_root), wait_steps_s=[1.0] * 600, news_marker=str(marker)
-    )
-    # ten minutes of pauses asked for, none taken: nothing to compare with
-    seen = parse_poll_output(
-        subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30).stdout
-    )
-    assert seen.exit_codes == expected_exits(job_dir)
-    assert marker.exists()
