@@ -34,6 +34,7 @@ from ..monitor import (
     poll_script,
     wait_steps,
 )
+from ..transports.base import CommandResult
 from ._collect import Collector, Ended
 from ._core import Core, log
 from ._model import Batch, Call, Task, claim_path
@@ -193,13 +194,19 @@ class Monitor:
             wait_steps_s=wait_steps(wait_s),
             news_marker=self.news_marker,
         )
-        core.stats["poll_cycles"] += 1
         # stats: commands.<status program> for a cycle that asked, commands.poll otherwise
         counts_as = posixpath.basename(status_argv[0]) if status_argv else "poll"
+
+        async def cycle() -> CommandResult:
+            # counted in the command's first step, both at once: stats() sees either none
+            # or both, also of a command cut short before it started
+            core.stats["poll_cycles"] += 1
+            return await core.run(["sh", "-c", script], counts_as=counts_as)
+
         if wait_s > 0:
             core.wake_monitor.clear()  # what woke it until now is in this script
         self.marked = self.marked or (wait_s > 0 and self.news_marker is not None)
-        command = asyncio.ensure_future(core.run(["sh", "-c", script], counts_as=counts_as))
+        command = asyncio.ensure_future(cycle())
         try:
             if wait_s > 0 and not await _first_or_woken(command, core.wake_monitor):
                 # woken while it waits there: start again with what woke it; what this one
