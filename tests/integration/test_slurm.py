@@ -174,3 +174,19 @@ def test_ten_thousand_calls_in_order(
     stats = executor.stats()
     assert stats["commands.sbatch"] == 1
     assert stats["commands.squeue"] == stats["poll_cycles"]  # one status command per cycle
+
+
+def test_over_ssh_a_long_calls_result_comes_from_the_wait_on_the_cluster(
+    make: Callable[..., ClusterExecutor],
+) -> None:
+    """Past the first 2 s every pause is 30 s here, spent on the cluster (looks 6 s
+    apart): the result of a 4 s call comes back from the waiting command, not from a
+    cycle 30 s later; the executor's marker in the jobs root goes at shutdown."""
+    executor = make("slurm-ssh", poll_interval_min_s=30.0, poll_interval_max_s=30.0)
+    future = executor.submit(jf.sleep_then, 4, "done")
+    assert future.result(timeout=25) == "done"
+    assert executor.stats().get("poll_waits_cut_short", 0) == 0
+    marker = executor._engine._monitor.news_marker  # type: ignore[attr-defined]
+    assert marker is not None and executor.exists(marker)
+    executor.shutdown(wait=True)
+    assert not make("slurm-ssh").exists(marker)
