@@ -313,8 +313,10 @@ class ClusterExecutor(_Submitter, FileSystemMixin, Executor):
         ``poll_cycles`` (status round trips), ``commands.<program>`` (e.g.
         ``commands.sbatch``, ``commands.squeue``: at most one per poll cycle, whatever the
         number of jobs; ``commands.poll``: the cycles that only listed the job directories,
-        the scheduler's query budget being spent, see ``poll_rate_max_per_s``), so the cost
-        of a workload can be checked, not guessed.
+        the scheduler's query budget being spent, see ``poll_rate_max_per_s``), and over
+        SSH ``poll_waits_cut_short`` (cycles that waited on the cluster for news and were
+        started again for a submission or ``future.logs()``), so the cost of a workload can
+        be checked, not guessed.
         """
         if not self._loop.running:
             return dict(self._engine.stats)
