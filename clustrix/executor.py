@@ -314,9 +314,10 @@ class ClusterExecutor(_Submitter, FileSystemMixin, Executor):
         ``commands.sbatch``, ``commands.squeue``: at most one per poll cycle, whatever the
         number of jobs; ``commands.poll``: the cycles that only listed the job directories,
         the scheduler's query budget being spent, see ``poll_rate_max_per_s``), and over
-        SSH ``poll_waits_cut_short`` (cycles that waited on the cluster for news and were
-        started again for a submission or ``future.logs()``), so the cost of a workload can
-        be checked, not guessed.
+        SSH ``poll_waits_news`` (cycles that waited on the cluster and went on at a new
+        result, exit or claim file before their pause was over) and ``poll_waits_cut_short``
+        (such cycles started again for a submission or ``future.logs()``), so the cost of
+        a workload can be checked, not guessed.
         """
         if not self._loop.running:
             return dict(self._engine.stats)

@@ -36,6 +36,7 @@ from . import _wire
 
 __all__ = [
     "EAGER_S",
+    "NEWS_MARK",
     "POLL_BURST",
     "WAIT_THERE_MIN_S",
     "PollBudget",
@@ -51,6 +52,8 @@ log = logging.getLogger("clustrix")
 MARK = "@@clustrix-poll@@"
 #: Comes before each log tail (section 4), which comes last.
 TAIL_MARK = "@@clustrix-tail@@"
+#: On stderr when a cycle that waited on the cluster went on at news, before its pauses ended.
+NEWS_MARK = "@@clustrix-news@@"
 #: Beyond this many job directories, scan the whole jobs root instead of listing each one,
 #: so the command line stays short however many submissions are outstanding.
 MAX_LISTED_DIRS = 200
@@ -80,7 +83,8 @@ def poll_script(
 
     With ``wait_steps_s`` (:func:`wait_steps`) and ``news_marker`` (a file of the
     executor's own) the script first sleeps those pauses one after another, until an exit,
-    claim or result file newer than the marker is there, then touches the marker just
+    claim or result file newer than the marker is there (then :data:`NEWS_MARK` goes to
+    stderr), then touches the marker just
     before the status query and the listings: what is newer than it next time was written
     after this cycle looked. The output is the same as without.
     """
@@ -119,7 +123,8 @@ def poll_script(
             f"[ -e {marker} ] || touch {marker} 2>/dev/null",
             # fractional sleep: coreutils, busybox, BSD; 1 s where sleep wants integers
             f'for s in {pauses}; do sleep "$s" 2>/dev/null || sleep 1; '
-            f'[ -n "$({news} 2>/dev/null | head -n 1)" ] && break; done',
+            f'[ -n "$({news} 2>/dev/null | head -n 1)" ] && {{ echo {NEWS_MARK} >&2; break; }}; '
+            "done",
             # before the status query and the listings: what is newer, they did not see
             f"touch {marker} 2>/dev/null",
         ]

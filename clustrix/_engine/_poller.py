@@ -26,6 +26,7 @@ from .. import _wire
 from ..errors import TransportError
 from ..lifecycle import JobState
 from ..monitor import (
+    NEWS_MARK,
     WAIT_THERE_MIN_S,
     PollBudget,
     PollOutput,
@@ -220,6 +221,8 @@ class Monitor:
             command.cancel()
             _answer(tails, [], exc)
             raise
+        if wait_s > 0 and NEWS_MARK in result.stderr:
+            core.stats["poll_waits_news"] += 1  # went on before its pause was over
         seen = parse_poll_output(result.stdout)
         _answer(tails, seen.tails, None)
         changed, new = await self._collect(batches, seen)

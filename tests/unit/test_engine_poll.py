@@ -305,8 +305,7 @@ def test_one_poll_cycle_brings_fifty_finished_results_in_one_command(
 
 # -- cycles that wait on the cluster (a costly transport, pauses of WAIT_THERE_MIN_S or more) --
 
-#: After the first EAGER_S, every pause is 20 s, spent on the cluster (looks 4 s apart):
-#: a test that gets its result well within 20 s got it from the wait, not from a next cycle.
+#: After the first EAGER_S, every pause is 20 s, spent on the cluster (looks 4 s apart).
 LONG_PAUSES = {"poll_interval_min_s": 20.0, "poll_interval_max_s": 20.0}
 
 
@@ -315,17 +314,28 @@ def waiting_polls(fake_transport: FakeTransport) -> int:
     return len(fake_transport.commands("-newer"))
 
 
+def submitted_into_a_wait(
+    make: Make, fake_scheduler: FakeScheduler, fake_transport: FakeTransport, exponent: int
+) -> tuple[ClusterExecutor, ClusterFuture[Any], str]:
+    """An executor with LONG_PAUSES, one call ``pow(2, exponent)`` submitted and not run,
+    and a cycle waiting on the cluster: (executor, future, job ID)."""
+    ex = make(**LONG_PAUSES)
+    future = ex.submit(pow, 2, exponent)
+    job = submitted_job(fake_scheduler, future)
+    wait_until(lambda: waiting_polls(fake_transport) == 1, "a cycle waiting there")
+    return ex, future, job
+
+
 def test_a_result_written_while_a_cycle_waits_there_comes_back_in_that_cycle(
     make_fake_executor: Make, fake_scheduler: FakeScheduler, fake_transport: FakeTransport
 ) -> None:
-    ex = make_fake_executor(**LONG_PAUSES)
-    future = ex.submit(pow, 3, 3)
-    job = submitted_job(fake_scheduler, future)
-    wait_until(lambda: waiting_polls(fake_transport) == 1, "a cycle waiting there")
+    ex, future, job = submitted_into_a_wait(make_fake_executor, fake_scheduler, fake_transport, 3)
     status_before = polls(fake_scheduler)
     fake_scheduler.run(job)
-    assert future.result(timeout=15) == 27  # the 20 s wait was cut short by the news
-    # the cycle that waited asked the scheduler once, after the news
+    assert future.result(timeout=60) == 8
+    # the waiting cycle went on at the news, before its 20 s were over, and asked the
+    # scheduler once after it
+    assert ex.stats()["poll_waits_news"] >= 1
     assert polls(fake_scheduler) - status_before <= 2
     assert ex.stats().get("poll_waits_cut_short", 0) == 0
 
@@ -333,31 +343,26 @@ def test_a_result_written_while_a_cycle_waits_there_comes_back_in_that_cycle(
 def test_a_submission_cuts_a_wait_there_short_and_is_polled_at_once(
     make_fake_executor: Make, fake_scheduler: FakeScheduler, fake_transport: FakeTransport
 ) -> None:
-    ex = make_fake_executor(**LONG_PAUSES)
-    first = ex.submit(pow, 2, 5)
-    first_job = submitted_job(fake_scheduler, first)
-    wait_until(lambda: waiting_polls(fake_transport) == 1, "a cycle waiting there")
+    ex, first, first_job = submitted_into_a_wait(
+        make_fake_executor, fake_scheduler, fake_transport, 5
+    )
     second = ex.submit(pow, 2, 6)
     fake_scheduler.wait_submissions(2)
     wait_until(lambda: second.job_id is not None, "the second job ID")
     assert second.job_id is not None
     fake_scheduler.run(second.job_id)
-    # the waiting cycle did not list the new job dir: only a new cycle brings its result
-    assert second.result(timeout=15) == 64
+    # the waiting cycle did not list the new job dir: it was cut short for a new cycle
+    assert second.result(timeout=60) == 64
     assert ex.stats()["poll_waits_cut_short"] >= 1
     fake_scheduler.run(first_job)
-    assert first.result(timeout=30) == 32
+    assert first.result(timeout=60) == 32
 
 
 def test_logs_asked_while_a_cycle_waits_there_come_without_waiting_for_it(
     make_fake_executor: Make, fake_scheduler: FakeScheduler, fake_transport: FakeTransport
 ) -> None:
-    ex = make_fake_executor(**LONG_PAUSES)
-    future = ex.submit(pow, 2, 7)
-    job = submitted_job(fake_scheduler, future)
+    ex, future, job = submitted_into_a_wait(make_fake_executor, fake_scheduler, fake_transport, 7)
     fake_scheduler.set_state(job, "RUNNING")
-    wait_until(future.running, "the future to run")
-    wait_until(lambda: waiting_polls(fake_transport) >= 1, "a cycle waiting there")
     job_dir, task = fake_scheduler.locate(job)
     (job_dir / "logs" / f"{task}.out").write_text("step 1\n")
     assert future.logs().stdout == "step 1\n"
@@ -366,4 +371,4 @@ def test_logs_asked_while_a_cycle_waits_there_come_without_waiting_for_it(
     assert "-newer" not in brought.target
     assert ex.stats()["poll_waits_cut_short"] >= 1
     fake_scheduler.run(job)
-    assert future.result(timeout=30) == 128
+    assert future.result(timeout=60) == 128

@@ -17,6 +17,7 @@ from clustrix.monitor import (
     EAGER_S,
     MARK,
     MAX_LISTED_DIRS,
+    NEWS_MARK,
     WAIT_LOOKS,
     parse_poll_output,
     poll_delay,
@@ -235,14 +236,16 @@ def test_a_waiting_poll_answers_as_soon_as_a_result_is_written(
     # else: the first waiting cycle makes the marker as it starts
     script = poll_script(
         ["echo", "R"], [str(job_dir)], str(jobs_root),
-        wait_steps_s=[0.1] * 600, news_marker=str(marker),
+        wait_steps_s=[1.0] * 600, news_marker=str(marker),
     )  # fmt: skip
-    proc = subprocess.Popen(["sh", "-c", script], stdout=subprocess.PIPE, text=True)
-    time.sleep(0.3)  # it waits: nothing is newer than the marker
-    assert proc.poll() is None
+    proc = subprocess.Popen(
+        ["sh", "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    time.sleep(0.3)  # it has started (and made the marker): the file is newer
     (job_dir / _wire.RESULTS_DIR / "9.pkl").write_bytes(b"CLX1 nine")
-    # a minute of pauses was asked for: the deadline only stops a hang
-    out, _ = proc.communicate(timeout=30)
+    # ten minutes of pauses asked for: it goes on at the news (the deadline stops a hang)
+    out, err = proc.communicate(timeout=300)
+    assert NEWS_MARK in err
     seen = parse_poll_output(out)
     assert str(job_dir / _wire.RESULTS_DIR / "9.pkl") in seen.result_paths
     assert seen.status_text.strip() == "R" and seen.exit_codes == expected_exits(job_dir)
@@ -262,6 +265,7 @@ def test_a_waiting_poll_with_nothing_new_waits_its_pauses_and_says_the_same(
         ["echo", "R"], [str(job_dir)], str(jobs_root),
         wait_steps_s=[0.02] * 3, news_marker=str(marker),
     )  # fmt: skip
-    waited = run_poll(script)
-    assert waited == plain
+    waited = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=60)
+    assert waited.stdout == plain
+    assert NEWS_MARK not in waited.stderr  # all its pauses slept
     assert marker.stat().st_mtime < future  # touched: this cycle looked
