@@ -241,8 +241,14 @@ def test_a_waiting_poll_answers_as_soon_as_a_result_is_written(
     proc = subprocess.Popen(
         ["sh", "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
-    time.sleep(0.3)  # it has started (and made the marker): the file is newer
-    (job_dir / _wire.RESULTS_DIR / "9.pkl").write_bytes(b"CLX1 nine")
+    deadline = time.monotonic() + 60  # only stops a hang
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)  # the first cycle makes it as it starts
+    result = job_dir / _wire.RESULTS_DIR / "9.pkl"
+    result.write_bytes(b"CLX1 nine")
+    # newer than the marker whatever the file system's timestamp granularity
+    newer_ns = marker.stat().st_mtime_ns + 10_000_000
+    os.utime(result, ns=(newer_ns, newer_ns))
     # ten minutes of pauses asked for: it goes on at the news (the deadline stops a hang)
     out, err = proc.communicate(timeout=300)
     assert NEWS_MARK in err
